@@ -1,0 +1,66 @@
+//! # ravel-consensus
+//!
+//! The openraft glue of a Ravel replica:
+//!
+//! - [`types`]: the openraft type configuration ([`TypeConfig`]), the
+//!   replicated [`Command`] and its [`CommandResult`];
+//! - [`LogStore`]: `RaftLogStorage` (log, vote, committed, purge marker);
+//! - [`StateMachine`]: `RaftStateMachine` (apply, snapshots as files);
+//! - [`codec`]: the versioned binary encoding of entries, votes and RPCs.
+//!
+//! Everything durable goes through `ravel-storage`; this crate decides what
+//! the bytes mean.
+
+// openraft's storage traits fix the error type (`openraft::StorageError`, over
+// 200 bytes); boxing it in our helpers would only add conversions.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
+mod log_store;
+mod state_machine;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+pub use log_store::LogStore;
+pub use ravel_storage::{Engine, StorageError};
+pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
+pub use types::{Command, CommandResult, NodeId, Raft, SnapshotFile, TypeConfig};
+
+/// The on-disk layout of a replica's data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The RocksDB database.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+
+    /// Snapshot files.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Opens (creating on first use) the log store and state machine.
+    pub fn open(&self, chunk_bytes: usize) -> Result<(LogStore, StateMachine), StorageError> {
+        let engine = Engine::open(self.db())?;
+        let sm = StateMachine::open(engine.clone(), self.snapshots(), chunk_bytes).map_err(
+            |source| StorageError::Io {
+                path: self.snapshots(),
+                source,
+            },
+        )?;
+        Ok((LogStore::new(engine), sm))
+    }
+}

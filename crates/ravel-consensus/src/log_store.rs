@@ -1,0 +1,182 @@
+//! `RaftLogStorage` over ravel-storage: the Raft log, the vote, the committed
+//! log id and the last purged log id.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use ravel_storage::Engine;
+
+use crate::codec;
+use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// The Raft log of one replica. Clones share the same database.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    engine: Engine,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// Runs blocking storage work (an fsync) off the async worker threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, RaftStorageError>
+where
+    F: FnOnce() -> Result<T, RaftStorageError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::write(&e).into())
+        .and_then(|r| r)
+}
+
+impl LogStore {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, RaftStorageError> {
+        match self.engine.raft_meta(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(raw) => codec::decode(&raw).map(Some).map_err(read_err),
+        }
+    }
+
+    fn decode_entries(raw: Vec<(u64, Vec<u8>)>) -> Result<Vec<Entry>, RaftStorageError> {
+        raw.into_iter()
+            .map(|(_, bytes)| codec::decode::<Entry>(&bytes).map_err(read_err))
+            .collect()
+    }
+}
+
+impl LogStore {
+    /// Appends entries and returns once they are synced to disk. This is the
+    /// whole of `RaftLogStorage::append` but for openraft's callback.
+    pub async fn append_entries<I>(&mut self, entries: I) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(write_err)?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        let engine = self.engine.clone();
+        blocking(move || engine.append_log(encoded).map_err(write_err)).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let raw = self.engine.log_entries(range).map_err(read_err)?;
+        Self::decode_entries(raw)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
+        let last_log_id = match self.engine.last_log().map_err(read_err)? {
+            Some((_, bytes)) => Some(codec::decode::<Entry>(&bytes).map_err(read_err)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
+        let bytes = codec::encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            engine
+                .put_raft_meta(VOTE, &bytes)
+                .map_err(|e| StorageIOError::write_vote(&e).into())
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
+        match self.engine.raft_meta(VOTE) {
+            Ok(Some(raw)) => codec::decode(&raw)
+                .map(Some)
+                .map_err(|e| StorageIOError::read_vote(&e).into()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StorageIOError::read_vote(&e).into()),
+        }
+    }
+
+    /// The committed log id is a hint that lets a restarted replica re-apply
+    /// up to it before it hears from a leader. Losing the latest value in a
+    /// crash is harmless (it is learned again), so it is not fsynced: that
+    /// would cost one more fsync per commit.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        let bytes = codec::encode(&committed).map_err(write_err)?;
+        self.engine
+            .put_raft_meta_unsynced(COMMITTED, &bytes)
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let result = self.append_entries(entries).await;
+        // Only after the fsync: openraft counts the entries towards a quorum
+        // as soon as it hears they are flushed.
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let engine = self.engine.clone();
+        blocking(move || engine.truncate_log(log_id.index).map_err(write_err)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let marker = codec::encode(&log_id).map_err(write_err)?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            engine
+                .purge_log(log_id.index, (LAST_PURGED, &marker))
+                .map_err(write_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,377 @@
+//! `RaftStateMachine` over ravel-storage, and snapshots as files.
+//!
+//! Applying a batch of entries is one RocksDB `WriteBatch`: the data, the
+//! last applied log id and the membership change together or not at all.
+//! Snapshots are ravel-storage snapshot streams kept as files under the
+//! snapshot directory, named so that the newest sorts last.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use ravel_storage::{ApplyBatch, Engine};
+
+use crate::codec;
+use crate::log_store::blocking;
+use crate::types::{
+    Command, CommandResult, Entry, LogId, RaftStorageError, SnapshotFile, SnapshotMeta,
+    StoredMembership, TypeConfig,
+};
+
+const LAST_APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+const SNAPSHOT_SUFFIX: &str = ".snap";
+
+/// Default size of one snapshot chunk on disk and on the wire.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The replicated key-value state machine of one replica.
+#[derive(Debug)]
+pub struct StateMachine {
+    engine: Engine,
+    snapshots: SnapshotDir,
+}
+
+/// Where snapshot files live and how they are chunked.
+#[derive(Debug, Clone)]
+struct SnapshotDir {
+    dir: PathBuf,
+    chunk_bytes: usize,
+}
+
+/// Builds snapshots for openraft; shares the database with the state machine.
+#[derive(Debug, Clone)]
+pub struct SnapshotBuilder {
+    engine: Engine,
+    snapshots: SnapshotDir,
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+impl StateMachine {
+    /// Opens the state machine over `engine`, keeping snapshot files in
+    /// `snapshot_dir` (created if needed; leftovers of interrupted snapshot
+    /// builds or transfers are removed).
+    pub fn open(
+        engine: Engine,
+        snapshot_dir: impl Into<PathBuf>,
+        chunk_bytes: usize,
+    ) -> std::io::Result<Self> {
+        let dir = snapshot_dir.into();
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("snap") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(Self {
+            engine,
+            snapshots: SnapshotDir {
+                dir,
+                chunk_bytes: chunk_bytes.max(1),
+            },
+        })
+    }
+
+    /// The database behind this state machine, for local reads.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Applies `cmd` into `batch`, reading through `pending` so that a command
+/// sees the effects of earlier commands of the same `apply` call.
+fn execute(
+    engine: &Engine,
+    batch: &mut ApplyBatch<'_>,
+    pending: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    cmd: Command,
+) -> Result<CommandResult, RaftStorageError> {
+    Ok(match cmd {
+        Command::Set { key, value } => {
+            batch.put(&key, &value);
+            pending.insert(key, Some(value));
+            CommandResult::Done
+        }
+        Command::Delete { key } => {
+            batch.delete(&key);
+            pending.insert(key, None);
+            CommandResult::Done
+        }
+        Command::GetAndDelete { key } => {
+            let current = match pending.get(&key) {
+                Some(v) => v.clone(),
+                None => engine.get(&key).map_err(sm_read_err)?,
+            };
+            batch.delete(&key);
+            pending.insert(key, None);
+            CommandResult::Value(current)
+        }
+        Command::Batch(cmds) => CommandResult::Batch(
+            cmds.into_iter()
+                .map(|c| execute(engine, batch, pending, c))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let last_applied = match self.engine.sm_meta(LAST_APPLIED).map_err(sm_read_err)? {
+            Some(raw) => codec::decode::<Option<LogId>>(&raw).map_err(sm_read_err)?,
+            None => None,
+        };
+        let membership = match self.engine.sm_meta(MEMBERSHIP).map_err(sm_read_err)? {
+            Some(raw) => codec::decode(&raw).map_err(sm_read_err)?,
+            None => StoredMembership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.engine.apply_batch();
+        let mut pending = HashMap::new();
+        let mut results = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            results.push(match entry.payload {
+                EntryPayload::Blank => CommandResult::Done,
+                EntryPayload::Normal(cmd) => execute(&self.engine, &mut batch, &mut pending, cmd)?,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    CommandResult::Done
+                }
+            });
+        }
+        if let Some(last) = last {
+            batch.put_meta(
+                LAST_APPLIED,
+                &codec::encode(&Some(last)).map_err(sm_write_err)?,
+            );
+            if let Some(m) = membership {
+                batch.put_meta(MEMBERSHIP, &codec::encode(&m).map_err(sm_write_err)?);
+            }
+            batch.commit().map_err(sm_write_err)?;
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            engine: self.engine.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, RaftStorageError> {
+        let path = self
+            .snapshots
+            .dir
+            .join(format!("incoming-{}.part", unique()));
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotFile::new(file, path)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotFile>,
+    ) -> Result<(), RaftStorageError> {
+        let (file, path) = snapshot.into_parts();
+        let mut file = file.into_std().await;
+        let engine = self.engine.clone();
+        let snapshots = self.snapshots.clone();
+        let expected = meta.clone();
+        blocking(move || {
+            file.sync_all().map_err(snap_err)?;
+            file.seek(SeekFrom::Start(0)).map_err(snap_err)?;
+            // Imported as one synced batch: on error nothing has changed.
+            let (header, _) = engine
+                .import_snapshot(BufReader::new(&mut file))
+                .map_err(snap_err)?;
+            let got: SnapshotMeta = codec::decode(&header).map_err(snap_err)?;
+            if got.last_log_id != expected.last_log_id || got.snapshot_id != expected.snapshot_id {
+                return Err(snap_err(invalid(format!(
+                    "snapshot file holds {got:?}, openraft announced {expected:?}"
+                ))));
+            }
+            snapshots.keep(&path, &expected).map_err(snap_err)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let snapshots = self.snapshots.clone();
+        let found = blocking(move || {
+            snapshots
+                .newest()
+                .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        })
+        .await?;
+        match found {
+            None => Ok(None),
+            Some((meta, path)) => {
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(SnapshotFile::new(file, path)),
+                }))
+            }
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let engine = self.engine.clone();
+        let snapshots = self.snapshots.clone();
+        let (meta, path) = blocking(move || snapshots.build(&engine).map_err(snap_err)).await?;
+        let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::new(file, path)),
+        })
+    }
+}
+
+fn unique() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos:x}")
+}
+
+impl SnapshotDir {
+    fn final_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        // Zero-padded index first: lexical order is snapshot age.
+        self.dir.join(format!(
+            "snapshot-{index:020}-{}{SNAPSHOT_SUFFIX}",
+            meta.snapshot_id
+        ))
+    }
+
+    /// Exports a consistent snapshot into a new file, durably.
+    fn build(&self, engine: &Engine) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+        let tmp = self.dir.join(format!("building-{}.part", unique()));
+        let file = std::fs::File::create(&tmp)?;
+        let mut meta_out = None;
+        let mut writer = BufWriter::new(file);
+        engine
+            .export_snapshot(&mut writer, self.chunk_bytes, |sm_meta| {
+                let meta = snapshot_meta(sm_meta);
+                let header = match &meta {
+                    Ok(m) => codec::encode(m).unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                meta_out = Some(meta);
+                header
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let meta = meta_out.expect("export calls the header function")?;
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        self.keep(&tmp, &meta)?;
+        Ok((meta.clone(), self.final_path(&meta)))
+    }
+
+    /// Moves a complete snapshot file to its final name, durably, and removes
+    /// older snapshots.
+    fn keep(&self, from: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
+        let to = self.final_path(meta);
+        std::fs::rename(from, &to)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path != to && path.extension().and_then(|e| e.to_str()) == Some("snap") && path < to
+            {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest complete snapshot file and its metadata.
+    fn newest(&self) -> std::io::Result<Option<(SnapshotMeta, PathBuf)>> {
+        let mut snaps: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("snap"))
+            .collect();
+        snaps.sort();
+        let Some(path) = snaps.pop() else {
+            return Ok(None);
+        };
+        let file = std::fs::File::open(&path)?;
+        let header = ravel_storage::read_snapshot_header(BufReader::new(file))
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let meta =
+            codec::decode(&header).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        Ok(Some((meta, path)))
+    }
+}
+
+/// The snapshot metadata for a state machine whose metadata column family
+/// holds `sm_meta`.
+fn snapshot_meta(sm_meta: &[(String, Vec<u8>)]) -> std::io::Result<SnapshotMeta> {
+    let mut last_log_id = None;
+    let mut last_membership = StoredMembership::default();
+    for (k, v) in sm_meta {
+        match k.as_str() {
+            LAST_APPLIED => {
+                last_log_id =
+                    codec::decode::<Option<LogId>>(v).map_err(|e| invalid(e.to_string()))?
+            }
+            MEMBERSHIP => last_membership = codec::decode(v).map_err(|e| invalid(e.to_string()))?,
+            _ => {}
+        }
+    }
+    let snapshot_id = match last_log_id {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unique()),
+        None => format!("0-0-{}", unique()),
+    };
+    Ok(SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    })
+}

@@ -1,0 +1,121 @@
+//! The Raft type configuration and the replicated command.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+
+/// Replica identity inside a Raft group. The admin protocol carries it as a
+/// decimal string.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Ravel's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
+pub type RaftStorageError = openraft::StorageError<NodeId>;
+
+/// A state-machine command, replicated as the payload of one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// key := value.
+    Set { key: Vec<u8>, value: Vec<u8> },
+    /// Remove key (a no-op if absent).
+    Delete { key: Vec<u8> },
+    /// Return the value of key and remove it, atomically.
+    GetAndDelete { key: Vec<u8> },
+    /// Several commands in one log entry, applied in order; each gets its own
+    /// result. The write batcher builds these so that concurrent clients
+    /// share one fsync.
+    Batch(Vec<Command>),
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied; nothing to return (also the result of blank and membership
+    /// entries).
+    Done,
+    /// The value removed by `GetAndDelete`, `None` if the key was absent.
+    Value(Option<Vec<u8>>),
+    /// One result per command of a `Batch`, in order.
+    Batch(Vec<CommandResult>),
+}
+
+/// A snapshot on disk: the file plus its path, so a received snapshot can
+/// be kept (renamed) once installed. Reads, writes and seeks go to the file.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    file: tokio::fs::File,
+    path: PathBuf,
+}
+
+impl SnapshotFile {
+    pub fn new(file: tokio::fs::File, path: PathBuf) -> Self {
+        Self { file, path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn into_parts(self) -> (tokio::fs::File, PathBuf) {
+        (self.file, self.path)
+    }
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.file).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        Pin::new(&mut self.file).start_seek(position)
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        Pin::new(&mut self.file).poll_complete(cx)
+    }
+}

@@ -1,0 +1,338 @@
+//! Opening a data directory: column families, the on-disk format version and
+//! the error classification for locked, missing and corrupt directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use crate::error::{Result, StorageError};
+
+/// Version of the on-disk layout (column families, key encodings, snapshot
+/// stream). Bump it whenever a change makes old directories unreadable.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub(crate) const CF_LOG: &str = "raft_log";
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+pub(crate) const CF_DATA: &str = "data";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+const ALL_CFS: [&str; 4] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SM_META];
+
+const FORMAT_KEY: &[u8] = b"format_version";
+
+/// One node's RocksDB: the Raft log, Raft metadata, user data and
+/// state-machine metadata, each in its own column family. Cheap to clone;
+/// every clone shares the same database.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Drop for Inner {
+    /// A clean close keeps even the unsynced tail of the WAL, so a graceful
+    /// restart re-applies nothing.
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush_wal(true) {
+            tracing::warn!(path = %self.path.display(), error = %e, "syncing the WAL on close failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+fn db_options(create: bool) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(create);
+    opts.create_missing_column_families(create);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Fail loudly on damaged files instead of serving what might be wrong.
+    opts.set_paranoid_checks(true);
+    opts.set_keep_log_file_num(4);
+    // Unsynced writes (state-machine applies, the committed hint) stay in
+    // RocksDB's WAL buffer until the next synced write or `sync()`, which
+    // then writes and syncs everything before it in order. This saves a
+    // write(2) per apply, and makes a killed process lose exactly what a
+    // power cut would lose: the crash test relies on that to prove that
+    // every acknowledged log append was synced.
+    opts.set_manual_wal_flush(true);
+    opts
+}
+
+impl Engine {
+    /// Opens the data directory at `path`, creating and initialising it when
+    /// it does not exist yet (or is an empty directory).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !is_initialised(path) {
+            ensure_empty_or_absent(path)?;
+            std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            return Self::create(path);
+        }
+        Self::open_existing(path)
+    }
+
+    /// Opens a data directory that must already hold a Ravel database.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(StorageError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        if !is_initialised(path) {
+            return Err(StorageError::NotRavel {
+                path: path.to_path_buf(),
+                detail: "no RocksDB CURRENT file".into(),
+            });
+        }
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, db_options(false)));
+        let db = DB::open_cf_descriptors(&db_options(false), path, cfs).map_err(|e| {
+            let text = e.to_string();
+            if e.kind() == rocksdb::ErrorKind::InvalidArgument && text.contains("olumn famil") {
+                StorageError::NotRavel {
+                    path: path.to_path_buf(),
+                    detail: text,
+                }
+            } else {
+                StorageError::from_rocks(path, e)
+            }
+        })?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+            }),
+        };
+        match engine.get_cf(CF_RAFT_META, FORMAT_KEY)? {
+            None => Err(StorageError::NotRavel {
+                path: path.to_path_buf(),
+                detail: "no format version recorded".into(),
+            }),
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StorageError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: format!("format version has {} bytes, expected 4", raw.len()),
+                    })?;
+                if found != FORMAT_VERSION {
+                    return Err(StorageError::FormatVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+                Ok(engine)
+            }
+        }
+    }
+
+    fn create(path: &Path) -> Result<Self> {
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, db_options(true)));
+        let db = DB::open_cf_descriptors(&db_options(true), path, cfs)
+            .map_err(|e| StorageError::from_rocks(path, e))?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+            }),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            engine.cf(CF_RAFT_META),
+            FORMAT_KEY,
+            FORMAT_VERSION.to_be_bytes(),
+        );
+        engine.write(batch, true)?;
+        Ok(engine)
+    }
+
+    /// The directory this engine lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.inner.db
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        // The four column families are opened (or created) in `open`, so a
+        // missing handle is a programming error, not an input error.
+        self.inner
+            .db
+            .cf_handle(name)
+            .expect("column family opened with the engine")
+    }
+
+    pub(crate) fn rocks_err(&self, e: rocksdb::Error) -> StorageError {
+        StorageError::from_rocks(&self.inner.path, e)
+    }
+
+    pub(crate) fn get_cf(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner
+            .db
+            .get_cf(self.cf(cf), key)
+            .map_err(|e| self.rocks_err(e))
+    }
+
+    /// Writes a batch atomically; `sync` decides whether it is fsynced (WAL)
+    /// before returning.
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.inner
+            .db
+            .write_opt(batch, &opts)
+            .map_err(|e| self.rocks_err(e))
+    }
+
+    /// Reads a Raft metadata value (vote, committed index, node identity...).
+    pub fn raft_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_cf(CF_RAFT_META, key.as_bytes())
+    }
+
+    /// Stores a Raft metadata value durably (synced) before returning.
+    pub fn put_raft_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT_META), key.as_bytes(), value);
+        self.write(batch, true)
+    }
+
+    /// Stores a Raft metadata value without waiting for an fsync: for hints
+    /// whose loss in a crash is harmless (e.g. the committed log id).
+    pub fn put_raft_meta_unsynced(&self, key: &str, value: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT_META), key.as_bytes(), value);
+        self.write(batch, false)
+    }
+
+    /// Forces everything written so far, synced or not, to stable storage.
+    /// Call before a clean shutdown.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.db.flush_wal(true).map_err(|e| self.rocks_err(e))
+    }
+}
+
+/// RocksDB writes `CURRENT` when it creates a database; its presence is how we
+/// tell a restart from a first start.
+fn is_initialised(path: &Path) -> bool {
+    path.join("CURRENT").is_file()
+}
+
+/// A first start may use an absent or empty directory, never one with other
+/// files in it: we will not mistake someone's directory for ours.
+fn ensure_empty_or_absent(path: &Path) -> Result<()> {
+    match std::fs::read_dir(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(StorageError::NotRavel {
+                path: path.to_path_buf(),
+                detail: "directory is not empty and holds no RocksDB database".into(),
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope");
+        let err = Engine::open_existing(&path).unwrap_err();
+        assert!(matches!(err, StorageError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn second_open_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _first = Engine::open(&path).unwrap();
+        let err = Engine::open(&path).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
+    }
+
+    #[test]
+    fn other_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Engine::open(&path)
+            .unwrap()
+            .put_raft_meta("format_version", &99u32.to_be_bytes())
+            .unwrap();
+        let err = Engine::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::FormatVersion {
+                    found: 99,
+                    expected: FORMAT_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn foreign_directory_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let err = Engine::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::NotRavel { .. }), "{err}");
+        assert!(dir.path().join("notes.txt").exists());
+    }
+
+    #[test]
+    fn corrupt_manifest_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let e = Engine::open(&path).unwrap();
+            e.put_raft_meta("vote", b"x").unwrap();
+        }
+        let manifest = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("MANIFEST-")
+            })
+            .unwrap();
+        let len = std::fs::metadata(&manifest).unwrap().len() as usize;
+        std::fs::write(&manifest, vec![0xA5u8; len.max(64)]).unwrap();
+        let err = Engine::open(&path).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,30 @@
+//! # ravel-storage
+//!
+//! The bytes-on-disk layer of a Ravel node: one RocksDB per node with four
+//! column families.
+//!
+//! | column family | keys | written by |
+//! |---|---|---|
+//! | `raft_log` | log index, big-endian `u64` | [`Engine::append_log`], [`Engine::truncate_log`], [`Engine::purge_log`] (all synced) |
+//! | `raft_meta` | names (`vote`, `committed`, `last_purged`, `format_version`, ...) | [`Engine::put_raft_meta`] (synced) |
+//! | `data` | user keys | [`ApplyBatch`] |
+//! | `sm_meta` | names (`last_applied`, `membership`) | [`ApplyBatch`], in the same batch as the data |
+//!
+//! This crate knows neither openraft nor gRPC: log entries, votes and
+//! snapshot headers are opaque bytes that the consensus layer encodes.
+//!
+//! Durability rule: whatever Raft counts on (log entries, the vote, a log
+//! truncation, an installed snapshot) is synced before the call returns. The
+//! state machine's own writes are not synced, because the Raft log is the
+//! write-ahead log and re-application after a crash restores them.
+
+mod data;
+mod engine;
+mod error;
+mod log;
+mod snapshot;
+
+pub use data::ApplyBatch;
+pub use engine::{Engine, FORMAT_VERSION};
+pub use error::{Result, StorageError};
+pub use snapshot::{read_snapshot_header, SnapshotStats};
