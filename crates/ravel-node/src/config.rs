@@ -1,0 +1,379 @@
+//! The node's configuration: defaults, then a TOML file, then `RAVEL_*`
+//! environment variables, then command-line flags, each overriding the last.
+//! One loader, one validation, and errors that name the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything a replica needs to run.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Data directory: RocksDB, snapshots, identity. (`-s/--storagedir`)
+    pub data_dir: PathBuf,
+    /// Address the gRPC server binds. (`-g/--grpcaddr` sets it when
+    /// `advertise_addr` is not given separately)
+    pub listen_addr: String,
+    /// Address other nodes and the admin use to reach this node; defaults to
+    /// `listen_addr`.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Raft address reported to the admin; Raft shares the gRPC server, so it
+    /// defaults to the advertised address. (`-r/--raftaddr`)
+    #[serde(default)]
+    pub raft_addr: Option<String>,
+    /// The cluster admin's gRPC address. (`-a/--adminrpcaddr`)
+    pub admin_addr: String,
+    /// Found a new cluster on first start instead of joining one. (`-l/--leader`)
+    #[serde(default)]
+    pub found_cluster: bool,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
+    pub snapshot: SnapshotSettings,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Longest a join waits for the new replica to catch up before it is
+    /// promoted to voter.
+    pub join_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            join_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSettings {
+    /// Build a snapshot after this many log entries since the last one.
+    pub logs_since_last: u64,
+    /// Entries kept in the log behind the snapshot, so a slightly lagging
+    /// follower catches up from the log rather than a snapshot.
+    pub keep_logs: u64,
+    pub chunk_bytes: usize,
+    pub chunk_timeout_ms: u64,
+    pub transfer_timeout_ms: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        Self {
+            logs_since_last: 10_000,
+            keep_logs: 1_000,
+            chunk_bytes: 1 << 20,
+            chunk_timeout_ms: 10_000,
+            transfer_timeout_ms: 600_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Requests served at once by this node's gRPC server.
+    pub max_in_flight_requests: usize,
+    /// Deadline of one client request, forwarding included.
+    pub request_timeout_ms: u64,
+    /// Most commands gathered into one Raft entry.
+    pub batch_max_commands: usize,
+    /// Most key+value bytes gathered into one Raft entry.
+    pub batch_max_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            max_in_flight_requests: 1024,
+            request_timeout_ms: 5_000,
+            batch_max_commands: 512,
+            batch_max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Values given on the command line (the flags of existing deployments);
+/// they override file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<String>,
+    pub raft_addr: Option<String>,
+    pub admin_addr: Option<String>,
+    pub found_cluster: bool,
+}
+
+impl NodeConfig {
+    /// Loads defaults ← `file` ← `RAVEL_*` environment ← `overrides`, then
+    /// validates. Environment keys use `__` between levels, e.g.
+    /// `RAVEL_LIMITS__MAX_VALUE_BYTES=2097152`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    reason: "no such file".into(),
+                });
+            }
+            b = b.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("RAVEL")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(node_env())),
+        );
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>, k: &str, v: Option<String>| match v {
+            Some(v) => b.set_override(k, v),
+            None => Ok(b),
+        };
+        let e = |e: config::ConfigError| ConfigError::Parse(e.to_string());
+        b = set(b, "data_dir", overrides.data_dir.as_ref().map(|p| p.display().to_string())).map_err(e)?;
+        b = set(b, "listen_addr", overrides.grpc_addr.clone()).map_err(e)?;
+        b = set(b, "raft_addr", overrides.raft_addr.clone()).map_err(e)?;
+        b = set(b, "admin_addr", overrides.admin_addr.clone()).map_err(e)?;
+        if overrides.found_cluster {
+            b = b.set_override("found_cluster", true).map_err(e)?;
+        }
+        let raw = b.build().map_err(|err| match file {
+            Some(path) => ConfigError::File {
+                path: path.to_path_buf(),
+                reason: err.to_string(),
+            },
+            None => ConfigError::Parse(err.to_string()),
+        })?;
+        let cfg: NodeConfig = raw.try_deserialize().map_err(|err| ConfigError::Parse(err.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        check_addr("listen_addr", &self.listen_addr)?;
+        if let Some(a) = &self.advertise_addr {
+            check_addr("advertise_addr", a)?;
+        }
+        if let Some(a) = &self.raft_addr {
+            check_addr("raft_addr", a)?;
+        }
+        check_addr("admin_addr", &self.admin_addr)?;
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return invalid("raft.heartbeat_interval_ms", "must be > 0");
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return invalid(
+                "raft.election_timeout_min_ms",
+                "must be greater than raft.heartbeat_interval_ms, or followers time out between heartbeats",
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return invalid("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms");
+        }
+        if self.snapshot.logs_since_last == 0 {
+            return invalid("snapshot.logs_since_last", "must be > 0");
+        }
+        if self.snapshot.chunk_bytes == 0 || self.snapshot.chunk_bytes > 16 << 20 {
+            return invalid("snapshot.chunk_bytes", "must be between 1 byte and 16 MiB");
+        }
+        let l = &self.limits;
+        if l.max_key_bytes == 0 {
+            return invalid("limits.max_key_bytes", "must be > 0");
+        }
+        if l.max_value_bytes == 0 || l.max_value_bytes > 32 << 20 {
+            return invalid("limits.max_value_bytes", "must be between 1 byte and 32 MiB");
+        }
+        if l.max_in_flight_requests == 0 {
+            return invalid("limits.max_in_flight_requests", "must be > 0");
+        }
+        if l.request_timeout_ms == 0 {
+            return invalid("limits.request_timeout_ms", "must be > 0");
+        }
+        if l.batch_max_commands == 0 || l.batch_max_bytes == 0 {
+            return invalid("limits.batch_max_commands", "batch limits must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The address this node is known by.
+    pub fn advertised(&self) -> &str {
+        self.advertise_addr.as_deref().unwrap_or(&self.listen_addr)
+    }
+
+    pub fn raft_advertised(&self) -> &str {
+        self.raft_addr.as_deref().unwrap_or_else(|| self.advertised())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.request_timeout_ms)
+    }
+
+    /// openraft's configuration from ours.
+    pub fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let c = openraft::Config {
+            cluster_name: "ravel".into(),
+            heartbeat_interval: self.raft.heartbeat_interval_ms,
+            election_timeout_min: self.raft.election_timeout_min_ms,
+            election_timeout_max: self.raft.election_timeout_max_ms,
+            // Our transport applies its own per-chunk and total deadlines.
+            install_snapshot_timeout: self.snapshot.chunk_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot.logs_since_last),
+            max_in_snapshot_log_to_keep: self.snapshot.keep_logs,
+            snapshot_max_chunk_size: self.snapshot.chunk_bytes as u64,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| ConfigError::Invalid {
+            field: "raft",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The `RAVEL_*` variables that name a node setting. Other `RAVEL_*`
+/// variables (test seeds, the admin's settings) are not ours to reject.
+fn node_env() -> std::collections::HashMap<String, String> {
+    const TOP: [&str; 9] = [
+        "data_dir",
+        "listen_addr",
+        "advertise_addr",
+        "raft_addr",
+        "admin_addr",
+        "found_cluster",
+        "raft__",
+        "snapshot__",
+        "limits__",
+    ];
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("RAVEL_").is_some_and(|rest| {
+                let rest = rest.to_ascii_lowercase();
+                TOP.iter().any(|t| if t.ends_with("__") { rest.starts_with(t) } else { rest == *t })
+            })
+        })
+        .collect()
+}
+
+fn check_addr(field: &'static str, addr: &str) -> Result<(), ConfigError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    // host:port with a name
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            field,
+            reason: format!("{addr:?} is not HOST:PORT"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = r#"
+data_dir = "/tmp/x"
+listen_addr = "127.0.0.1:7001"
+admin_addr = "127.0.0.1:7000"
+"#;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, &format!("{MINIMAL}\n[limits]\nmax_value_bytes = 1000\n"));
+        let cfg = NodeConfig::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(cfg.limits.max_value_bytes, 1000);
+        assert_eq!(cfg.advertised(), "127.0.0.1:7001");
+        assert!(!cfg.found_cluster);
+        let o = Overrides {
+            grpc_addr: Some("127.0.0.1:9999".into()),
+            found_cluster: true,
+            ..Default::default()
+        };
+        let cfg = NodeConfig::load(Some(&p), &o).unwrap();
+        assert_eq!(cfg.listen_addr, "127.0.0.1:9999");
+        assert!(cfg.found_cluster);
+    }
+
+    #[test]
+    fn flags_alone_suffice() {
+        let o = Overrides {
+            data_dir: Some("/tmp/d".into()),
+            grpc_addr: Some("127.0.0.1:1".into()),
+            admin_addr: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let cfg = NodeConfig::load(None, &o).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(cfg.raft, RaftSettings::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (format!("{MINIMAL}\n[raft]\nheartbeat_interval_ms = 500\nelection_timeout_min_ms = 400\n"), "raft.election_timeout_min_ms"),
+            (MINIMAL.replace("127.0.0.1:7000", "nowhere"), "admin_addr"),
+            (format!("{MINIMAL}\n[limits]\nmax_value_bytes = 0\n"), "limits.max_value_bytes"),
+            (format!("{MINIMAL}\nbogus = 1\n"), "bogus"),
+            (format!("{MINIMAL}\n[limits]\nmax_key_bytes = \"big\"\n"), "max_key_bytes"),
+            (MINIMAL.replace("listen_addr = \"127.0.0.1:7001\"", ""), "listen_addr"),
+        ];
+        for (body, field) in cases {
+            let p = write(&dir, &body);
+            let err = NodeConfig::load(Some(&p), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+        let err = NodeConfig::load(Some(Path::new("/no/such.toml")), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("/no/such.toml"), "{err}");
+    }
+}

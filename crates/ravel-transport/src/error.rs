@@ -1,0 +1,70 @@
+//! Errors of the gRPC plumbing, and the one mapping from tonic statuses to
+//! what a caller can do about them.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("invalid address {addr:?}: {reason}")]
+    InvalidAddress { addr: String, reason: String },
+
+    /// The peer could not be reached (refused, reset, no route).
+    #[error("{addr} unreachable: {message}")]
+    Unavailable { addr: String, message: String },
+
+    /// The call did not complete within its deadline.
+    #[error("{addr} did not answer within {after:?}")]
+    Timeout { addr: String, after: Duration },
+
+    /// The peer answered with an error status.
+    #[error("{addr} answered {code:?}: {message}")]
+    Status {
+        addr: String,
+        code: tonic::Code,
+        message: String,
+    },
+
+    /// Traffic to the peer is cut by a test's fault injection.
+    #[error("traffic from node {from} to node {to} is cut (fault injection)")]
+    Cut { from: u64, to: u64 },
+
+    #[error("undecodable payload from {addr}: {reason}")]
+    Codec { addr: String, reason: String },
+}
+
+impl TransportError {
+    /// Classifies a tonic status from `addr`.
+    pub fn from_status(addr: &str, status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable => TransportError::Unavailable {
+                addr: addr.to_string(),
+                message: status.message().to_string(),
+            },
+            tonic::Code::DeadlineExceeded => TransportError::Timeout {
+                addr: addr.to_string(),
+                after: Duration::ZERO,
+            },
+            code => TransportError::Status {
+                addr: addr.to_string(),
+                code,
+                message: status.message().to_string(),
+            },
+        }
+    }
+
+    /// Whether trying again (after a pause) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Unavailable { .. } | TransportError::Timeout { .. } | TransportError::Cut { .. }
+        )
+    }
+
+    /// The status code, when the peer answered with one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            TransportError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

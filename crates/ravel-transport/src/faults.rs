@@ -1,0 +1,107 @@
+//! Fault injection between nodes, for tests: cut, or delay, the traffic from
+//! one node to another. Compiled to no-ops unless the `fault-injection`
+//! feature is on, so release binaries carry none of it by default.
+
+use crate::error::TransportError;
+
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    #[derive(Debug, Default)]
+    pub(super) struct State {
+        pub cut: HashSet<(u64, u64)>,
+        pub delay: HashMap<(u64, u64), Duration>,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    pub struct Faults {
+        pub(super) state: Arc<RwLock<State>>,
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub use imp::Faults;
+
+/// Without the feature: a zero-sized switchboard on which nothing is ever cut.
+#[cfg(not(feature = "fault-injection"))]
+#[derive(Debug, Clone, Default)]
+pub struct Faults;
+
+impl Faults {
+    /// Fails if traffic from `from` to `to` is cut; waits if it is delayed.
+    pub async fn check(&self, from: u64, to: u64) -> Result<(), TransportError> {
+        #[cfg(feature = "fault-injection")]
+        {
+            let (cut, delay) = {
+                let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+                (s.cut.contains(&(from, to)), s.delay.get(&(from, to)).copied())
+            };
+            if cut {
+                return Err(TransportError::Cut { from, to });
+            }
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = (from, to);
+        Ok(())
+    }
+
+    /// Whether traffic from `from` to `to` is cut.
+    pub fn is_cut(&self, from: u64, to: u64) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            s.cut.contains(&(from, to))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = (from, to);
+            false
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Faults {
+    fn with<R>(&self, f: impl FnOnce(&mut imp::State) -> R) -> R {
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+
+    /// Cuts traffic between `a` and `b`, both ways.
+    pub fn cut(&self, a: u64, b: u64) {
+        self.with(|s| {
+            s.cut.insert((a, b));
+            s.cut.insert((b, a));
+        });
+    }
+
+    /// Cuts `node` off from each of `others`, both ways.
+    pub fn isolate(&self, node: u64, others: impl IntoIterator<Item = u64>) {
+        for o in others {
+            if o != node {
+                self.cut(node, o);
+            }
+        }
+    }
+
+    /// Delays every message from `from` to `to` by `by`.
+    pub fn delay(&self, from: u64, to: u64, by: std::time::Duration) {
+        self.with(|s| {
+            s.delay.insert((from, to), by);
+        });
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        self.with(|s| {
+            s.cut.clear();
+            s.delay.clear();
+        });
+    }
+}

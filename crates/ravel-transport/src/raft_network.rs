@@ -1,0 +1,361 @@
+//! The client side of Raft between replicas: openraft's `RaftNetworkFactory`
+//! and `RaftNetwork` over tonic.
+//!
+//! Requests and replies are openraft's own types, encoded with
+//! `ravel_consensus::codec` into a `RaftMessage`. Snapshots are streamed from
+//! their file in checksummed chunks, with a deadline per chunk and one for
+//! the whole transfer (openraft's per-RPC snapshot timeout is sized for one
+//! small chunk and would wedge large snapshots).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Snapshot};
+use ravel_consensus::codec;
+use ravel_consensus::types::{NodeId, TypeConfig, Vote};
+use ravel_proto::raft::raft_client::RaftClient;
+use ravel_proto::raft::{RaftMessage, SnapshotChunk};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::error::TransportError;
+use crate::faults::Faults;
+use crate::pool::ChannelPool;
+
+/// Largest gRPC message we accept or send on the Raft service; append
+/// batches and snapshot chunks stay well under it.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How snapshots travel.
+#[derive(Debug, Clone)]
+pub struct SnapshotTransfer {
+    /// Bytes per chunk.
+    pub chunk_bytes: usize,
+    /// Longest wait for one chunk to be accepted.
+    pub chunk_timeout: Duration,
+    /// Longest time for a whole snapshot, including its install.
+    pub total_timeout: Duration,
+}
+
+impl Default for SnapshotTransfer {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 1 << 20,
+            chunk_timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Makes a [`RaftPeer`] per target replica.
+#[derive(Debug, Clone)]
+pub struct RaftNetworkFactoryImpl {
+    id: NodeId,
+    pool: ChannelPool,
+    faults: Faults,
+    snapshot: SnapshotTransfer,
+}
+
+impl RaftNetworkFactoryImpl {
+    pub fn new(id: NodeId, pool: ChannelPool, faults: Faults, snapshot: SnapshotTransfer) -> Self {
+        Self {
+            id,
+            pool,
+            faults,
+            snapshot,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> RaftPeer {
+        RaftPeer {
+            from: self.id,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+            faults: self.faults.clone(),
+            snapshot: self.snapshot.clone(),
+        }
+    }
+}
+
+/// The connection from this replica to one other replica.
+#[derive(Debug)]
+pub struct RaftPeer {
+    from: NodeId,
+    target: NodeId,
+    addr: String,
+    pool: ChannelPool,
+    faults: Faults,
+    snapshot: SnapshotTransfer,
+}
+
+/// A failure to exchange a message, before openraft's error types.
+enum CallError {
+    Timeout(Duration),
+    Unreachable(TransportError),
+    Network(TransportError),
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<RaftMessage, TransportError> {
+    Ok(RaftMessage {
+        codec: u32::from(codec::CODEC_VERSION),
+        payload: codec::encode(value).map_err(|e| TransportError::Codec {
+            addr: "local".into(),
+            reason: e.to_string(),
+        })?,
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(addr: &str, msg: &RaftMessage) -> Result<T, TransportError> {
+    codec::decode(&msg.payload).map_err(|e| TransportError::Codec {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn classify(e: TransportError) -> CallError {
+    match e {
+        TransportError::Timeout { after, .. } => CallError::Timeout(after),
+        e @ (TransportError::Unavailable { .. } | TransportError::Cut { .. } | TransportError::InvalidAddress { .. }) => {
+            CallError::Unreachable(e)
+        }
+        e => CallError::Network(e),
+    }
+}
+
+impl RaftPeer {
+    fn client(&self) -> Result<RaftClient<tonic::transport::Channel>, TransportError> {
+        Ok(RaftClient::new(self.pool.channel(&self.addr)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+
+    /// Sends one unary Raft RPC and decodes the remote `Result<R, E>`.
+    async fn unary<Req, R, E, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Result<R, E>, CallError>
+    where
+        Req: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned,
+        F: FnOnce(RaftClient<tonic::transport::Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        self.faults.check(self.from, self.target).await.map_err(classify)?;
+        let msg = encode(req).map_err(CallError::Network)?;
+        let client = self.client().map_err(classify)?;
+        let reply = match tokio::time::timeout(ttl, call(client, msg)).await {
+            Err(_) => return Err(CallError::Timeout(ttl)),
+            Ok(Err(status)) => return Err(classify(TransportError::from_status(&self.addr, status))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        // A reply that crosses a cut arrives only if the cut came after the
+        // send; drop it, as a real partition would.
+        self.faults.check(self.target, self.from).await.map_err(classify)?;
+        decode(&self.addr, &reply).map_err(CallError::Network)
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        e: CallError,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        match e {
+            CallError::Timeout(after) => RPCError::Timeout(Timeout {
+                action,
+                id: self.from,
+                target: self.target,
+                timeout: after,
+            }),
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RaftPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let res = self
+            .unary::<_, AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(&rpc, option.hard_ttl(), |mut c, m| async move {
+                c.append_entries(m).await
+            })
+            .await;
+        match res {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e) => Err(self.rpc_error(RPCTypes::AppendEntries, e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let res = self
+            .unary::<_, VoteResponse<NodeId>, RaftError<NodeId>, _, _>(&rpc, option.hard_ttl(), |mut c, m| async move {
+                c.vote(m).await
+            })
+            .await;
+        match res {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e) => Err(self.rpc_error(RPCTypes::Vote, e)),
+        }
+    }
+
+    /// Not used: snapshots go through [`RaftNetwork::full_snapshot`], which
+    /// streams the whole file in one call.
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let e = TransportError::Status {
+            addr: self.addr.clone(),
+            code: tonic::Code::Unimplemented,
+            message: "chunked InstallSnapshot is not used; snapshots are streamed".into(),
+        };
+        Err(RPCError::Network(NetworkError::new(&e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let total = self.snapshot.total_timeout;
+        let transfer = self.stream_snapshot(vote, snapshot);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            res = tokio::time::timeout(total, transfer) => match res {
+                Err(_) => Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.from,
+                    target: self.target,
+                    timeout: total,
+                })),
+                Ok(r) => r,
+            },
+        }
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Retry an unreachable peer soon, then every half second.
+        openraft::network::Backoff::new(
+            [50u64, 100, 200]
+                .into_iter()
+                .chain(std::iter::repeat(500))
+                .map(Duration::from_millis),
+        )
+    }
+}
+
+impl RaftPeer {
+    async fn stream_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let fail = |e: TransportError| -> StreamingError<TypeConfig, Fatal<NodeId>> {
+            match classify(e) {
+                CallError::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+                CallError::Network(e) => StreamingError::Network(NetworkError::new(&e)),
+                CallError::Timeout(after) => StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.from,
+                    target: self.target,
+                    timeout: after,
+                }),
+            }
+        };
+        self.faults.check(self.from, self.target).await.map_err(fail)?;
+        let header = encode(&(vote, snapshot.meta.clone())).map_err(fail)?;
+        let mut file = snapshot.snapshot;
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
+        let chunk_bytes = self.snapshot.chunk_bytes.max(1);
+        let chunk_timeout = self.snapshot.chunk_timeout;
+        let faults = self.faults.clone();
+        let (from, target) = (self.from, self.target);
+        // Reads the file and feeds the stream; stops when the receiver is
+        // gone or a chunk waits longer than its deadline.
+        let producer = tokio::spawn(async move {
+            let mut offset = 0u64;
+            let mut header = Some(header);
+            loop {
+                let mut data = vec![0u8; chunk_bytes];
+                let mut filled = 0;
+                while filled < chunk_bytes {
+                    let n = file.read(&mut data[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                data.truncate(filled);
+                let done = filled < chunk_bytes;
+                if faults.is_cut(from, target) {
+                    return Err(std::io::Error::other("traffic cut (fault injection)"));
+                }
+                let chunk = SnapshotChunk {
+                    header: header.take(),
+                    offset,
+                    crc32: crc32fast::hash(&data),
+                    data,
+                    done,
+                };
+                offset += filled as u64;
+                match tokio::time::timeout(chunk_timeout, tx.send(chunk)).await {
+                    Err(_) => return Err(std::io::Error::other(format!("chunk at offset {offset} not taken within {chunk_timeout:?}"))),
+                    Ok(Err(_)) => return Ok(offset), // receiver gone: the call ended
+                    Ok(Ok(())) => {}
+                }
+                if done {
+                    return Ok(offset);
+                }
+            }
+        });
+
+        let mut client = self.client().map_err(fail)?;
+        let result = client
+            .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        let produced = producer.await;
+        let reply = match result {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                // A producer failure explains a broken stream better than the
+                // status does.
+                if let Ok(Err(e)) = produced {
+                    return Err(StreamingError::Network(NetworkError::new(&e)));
+                }
+                return Err(fail(TransportError::from_status(&self.addr, status)));
+            }
+        };
+        let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = decode(&self.addr, &reply).map_err(fail)?;
+        res.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+    }
+}

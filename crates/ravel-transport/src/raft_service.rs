@@ -1,0 +1,121 @@
+//! The server side of Raft between replicas: feeds incoming RPCs to the
+//! local openraft instance.
+
+use std::time::Duration;
+
+use openraft::error::Fatal;
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
+use openraft::Snapshot;
+use ravel_consensus::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use ravel_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
+use ravel_proto::raft::{RaftMessage, SnapshotChunk};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::raft_network::MAX_RAFT_MESSAGE_BYTES;
+
+/// Serves `ravel.raft.v1.Raft` for one replica.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+    /// Longest wait for the next snapshot chunk before giving up the transfer.
+    chunk_timeout: Duration,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft, chunk_timeout: Duration) -> Self {
+        Self { raft, chunk_timeout }
+    }
+
+    /// The tonic service, with our message size limits.
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(msg: &RaftMessage) -> Result<T, Status> {
+    ravel_consensus::codec::decode(&msg.payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = ravel_consensus::codec::encode(value)
+        .map_err(|e| Status::internal(format!("encoding Raft reply: {e}")))?;
+    Ok(Response::new(RaftMessage {
+        codec: u32::from(ravel_consensus::codec::CODEC_VERSION),
+        payload,
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = request.into_inner();
+        let mut header: Option<(Vote, SnapshotMeta)> = None;
+        let mut file = self
+            .raft
+            .begin_receiving_snapshot()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot receive a snapshot now: {e}")))?;
+        let mut offset = 0u64;
+        loop {
+            let chunk = match tokio::time::timeout(self.chunk_timeout, stream.message()).await {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no snapshot chunk for {:?} at offset {offset}",
+                        self.chunk_timeout
+                    )))
+                }
+                Ok(Err(status)) => return Err(status),
+                Ok(Ok(None)) => return Err(Status::invalid_argument("snapshot stream ended before its last chunk")),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            if let Some(h) = &chunk.header {
+                header = Some(decode(h)?);
+            }
+            if chunk.offset != offset {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {}, expected {offset}",
+                    chunk.offset
+                )));
+            }
+            if crc32fast::hash(&chunk.data) != chunk.crc32 {
+                return Err(Status::data_loss(format!("snapshot chunk at offset {offset} fails its checksum")));
+            }
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("writing received snapshot: {e}")))?;
+            offset += chunk.data.len() as u64;
+            if chunk.done {
+                break;
+            }
+        }
+        file.flush()
+            .await
+            .map_err(|e| Status::internal(format!("writing received snapshot: {e}")))?;
+        let Some((vote, meta)) = header else {
+            return Err(Status::invalid_argument("snapshot stream without a header"));
+        };
+        tracing::info!(bytes = offset, snapshot = %meta.snapshot_id, "received snapshot, installing");
+        let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = self
+            .raft
+            .install_full_snapshot(vote, Snapshot { meta, snapshot: file })
+            .await;
+        reply(&res)
+    }
+}
