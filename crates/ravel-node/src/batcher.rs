@@ -75,7 +75,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_commands: usize, m
                 Err(_) => break,
             }
         }
-        let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        let (cmds, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
         let n = cmds.len();
         let proposal = if n == 1 {
             cmds.into_iter().next().expect("one command")
@@ -85,7 +86,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_commands: usize, m
         match raft.client_write(proposal).await {
             Ok(resp) => match (n, resp.data) {
                 (1, result) => {
-                    let _ = replies.into_iter().next().expect("one reply").send(Ok(result));
+                    let _ = replies
+                        .into_iter()
+                        .next()
+                        .expect("one reply")
+                        .send(Ok(result));
                 }
                 (_, CommandResult::Batch(results)) if results.len() == n => {
                     for (reply, result) in replies.into_iter().zip(results) {
@@ -101,9 +106,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_commands: usize, m
             },
             Err(e) => {
                 let e = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
-                        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                    },
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        WriteError::NotLeader {
+                            leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                        }
+                    }
                     other => WriteError::Raft(other.to_string()),
                 };
                 for reply in replies {

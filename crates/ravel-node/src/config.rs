@@ -157,12 +157,19 @@ impl NodeConfig {
                 .try_parsing(true)
                 .source(Some(node_env())),
         );
-        let set = |b: config::ConfigBuilder<config::builder::DefaultState>, k: &str, v: Option<String>| match v {
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>,
+                   k: &str,
+                   v: Option<String>| match v {
             Some(v) => b.set_override(k, v),
             None => Ok(b),
         };
         let e = |e: config::ConfigError| ConfigError::Parse(e.to_string());
-        b = set(b, "data_dir", overrides.data_dir.as_ref().map(|p| p.display().to_string())).map_err(e)?;
+        b = set(
+            b,
+            "data_dir",
+            overrides.data_dir.as_ref().map(|p| p.display().to_string()),
+        )
+        .map_err(e)?;
         b = set(b, "listen_addr", overrides.grpc_addr.clone()).map_err(e)?;
         b = set(b, "raft_addr", overrides.raft_addr.clone()).map_err(e)?;
         b = set(b, "admin_addr", overrides.admin_addr.clone()).map_err(e)?;
@@ -176,7 +183,9 @@ impl NodeConfig {
             },
             None => ConfigError::Parse(err.to_string()),
         })?;
-        let cfg: NodeConfig = raw.try_deserialize().map_err(|err| ConfigError::Parse(err.to_string()))?;
+        let cfg: NodeConfig = raw
+            .try_deserialize()
+            .map_err(|err| ConfigError::Parse(err.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -211,7 +220,10 @@ impl NodeConfig {
             );
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return invalid("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms");
+            return invalid(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms",
+            );
         }
         if self.snapshot.logs_since_last == 0 {
             return invalid("snapshot.logs_since_last", "must be > 0");
@@ -224,7 +236,10 @@ impl NodeConfig {
             return invalid("limits.max_key_bytes", "must be > 0");
         }
         if l.max_value_bytes == 0 || l.max_value_bytes > 32 << 20 {
-            return invalid("limits.max_value_bytes", "must be between 1 byte and 32 MiB");
+            return invalid(
+                "limits.max_value_bytes",
+                "must be between 1 byte and 32 MiB",
+            );
         }
         if l.max_in_flight_requests == 0 {
             return invalid("limits.max_in_flight_requests", "must be > 0");
@@ -244,7 +259,9 @@ impl NodeConfig {
     }
 
     pub fn raft_advertised(&self) -> &str {
-        self.raft_addr.as_deref().unwrap_or_else(|| self.advertised())
+        self.raft_addr
+            .as_deref()
+            .unwrap_or_else(|| self.advertised())
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -290,7 +307,13 @@ fn node_env() -> std::collections::HashMap<String, String> {
         .filter(|(k, _)| {
             k.strip_prefix("RAVEL_").is_some_and(|rest| {
                 let rest = rest.to_ascii_lowercase();
-                TOP.iter().any(|t| if t.ends_with("__") { rest.starts_with(t) } else { rest == *t })
+                TOP.iter().any(|t| {
+                    if t.ends_with("__") {
+                        rest.starts_with(t)
+                    } else {
+                        rest == *t
+                    }
+                })
             })
         })
         .collect()
@@ -329,7 +352,10 @@ admin_addr = "127.0.0.1:7000"
     #[test]
     fn file_then_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(&dir, &format!("{MINIMAL}\n[limits]\nmax_value_bytes = 1000\n"));
+        let p = write(
+            &dir,
+            &format!("{MINIMAL}\n[limits]\nmax_value_bytes = 1000\n"),
+        );
         let cfg = NodeConfig::load(Some(&p), &Overrides::default()).unwrap();
         assert_eq!(cfg.limits.max_value_bytes, 1000);
         assert_eq!(cfg.advertised(), "127.0.0.1:7001");
@@ -373,7 +399,8 @@ admin_addr = "127.0.0.1:7000"
             let err = NodeConfig::load(Some(&p), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
-        let err = NodeConfig::load(Some(Path::new("/no/such.toml")), &Overrides::default()).unwrap_err();
+        let err =
+            NodeConfig::load(Some(Path::new("/no/such.toml")), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("/no/such.toml"), "{err}");
     }
 }

@@ -47,12 +47,14 @@ impl Identity {
         match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(IdentityError::Io { path, source }),
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| IdentityError::Corrupt {
-                    path,
-                    reason: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| IdentityError::Corrupt {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -66,9 +68,13 @@ impl Identity {
         let tmp = dir.join(format!("{FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).expect("identity serialises");
         std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 }
@@ -79,7 +85,11 @@ pub fn write_pid(dir: &Path) -> std::io::Result<()> {
 }
 
 pub fn read_pid(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub fn remove_pid(dir: &Path) {

@@ -59,7 +59,8 @@ pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(),
     };
     if identity.joined {
         retry(&backoff, Some(deadline), || {
-            let (pool, admin, me, cluster_id) = (pool.clone(), admin.clone(), me.clone(), cluster_id.clone());
+            let (pool, admin, me, cluster_id) =
+                (pool.clone(), admin.clone(), me.clone(), cluster_id.clone());
             async move {
                 let mut a = RavelClusterAdminClient::new(pool.channel(&admin)?);
                 let leader = a
@@ -103,7 +104,8 @@ pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(),
 
 /// The whole `kill`: leave, stop a running process, delete the data.
 pub async fn kill(dir: &Path, timeout: Duration) -> Result<(), KillError> {
-    let identity = Identity::load(dir)?.ok_or_else(|| KillError::NoIdentity(dir.display().to_string()))?;
+    let identity =
+        Identity::load(dir)?.ok_or_else(|| KillError::NoIdentity(dir.display().to_string()))?;
     let deadline = Instant::now() + timeout;
     leave_cluster(&identity, deadline).await?;
     if let Some(pid) = identity::read_pid(dir) {
@@ -129,10 +131,7 @@ async fn stop_process(pid: i32, deadline: Instant) -> Result<(), KillError> {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     while alive(pid) {
         if Instant::now() >= deadline {
-            return Err(KillError::StillRunning {
-                pid,
-                secs: 0,
-            });
+            return Err(KillError::StillRunning { pid, secs: 0 });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use ravel_node::{identity, kill, Node, NodeConfig, NodeError, Overrides, StartOptions};
 
 #[derive(Parser)]
-#[command(name = "ravel-node", version, about = "A Ravel replica: one member of a Raft group replicating a RocksDB key-value store")]
+#[command(
+    name = "ravel-node",
+    version,
+    about = "A Ravel replica: one member of a Raft group replicating a RocksDB key-value store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -59,7 +63,10 @@ enum Cmd {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAVEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -97,18 +104,22 @@ fn main() -> ExitCode {
             };
             rt.block_on(run(cfg))
         }
-        Cmd::Kill { storage_dir, timeout_secs } => {
-            match rt.block_on(kill::kill(&storage_dir, Duration::from_secs(timeout_secs))) {
-                Ok(()) => {
-                    println!("removed the replica in {} from its cluster and deleted its data", storage_dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ravel-node kill: {e}");
-                    ExitCode::FAILURE
-                }
+        Cmd::Kill {
+            storage_dir,
+            timeout_secs,
+        } => match rt.block_on(kill::kill(&storage_dir, Duration::from_secs(timeout_secs))) {
+            Ok(()) => {
+                println!(
+                    "removed the replica in {} from its cluster and deleted its data",
+                    storage_dir.display()
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("ravel-node kill: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -127,7 +138,12 @@ async fn run(cfg: NodeConfig) -> ExitCode {
     if let Err(e) = identity::write_pid(&dir) {
         tracing::warn!(error = %e, "cannot write the pid file; `ravel-node kill` will not be able to stop this process");
     }
-    tracing::info!(node = node.id(), cluster = node.cluster_id(), addr = node.addr(), "serving");
+    tracing::info!(
+        node = node.id(),
+        cluster = node.cluster_id(),
+        addr = node.addr(),
+        "serving"
+    );
     wait_for_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;
@@ -137,7 +153,10 @@ async fn run(cfg: NodeConfig) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -17,7 +17,9 @@ use ravel_proto::node::ravel_node_server::RavelNodeServer;
 use ravel_proto::node::Node as PbNode;
 use ravel_proto::NODE_ALREADY_EXISTS;
 use ravel_transport::retry::{retry, Backoff};
-use ravel_transport::{ChannelPool, Faults, RaftNetworkFactoryImpl, RaftService, SnapshotTransfer, TransportError};
+use ravel_transport::{
+    ChannelPool, Faults, RaftNetworkFactoryImpl, RaftService, SnapshotTransfer, TransportError,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -75,6 +77,7 @@ pub struct Node {
     cluster_id: String,
     addr: String,
     raft: Raft,
+    engine: ravel_consensus::Engine,
     data_dir: PathBuf,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -122,10 +125,12 @@ impl Node {
 
         let listener = match opts.listener {
             Some(l) => l,
-            None => TcpListener::bind(&cfg.listen_addr).await.map_err(|source| NodeError::Bind {
-                addr: cfg.listen_addr.clone(),
-                source,
-            })?,
+            None => TcpListener::bind(&cfg.listen_addr)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: cfg.listen_addr.clone(),
+                    source,
+                })?,
         };
         let local: SocketAddr = listener.local_addr().map_err(|source| NodeError::Bind {
             addr: cfg.listen_addr.clone(),
@@ -137,7 +142,11 @@ impl Node {
         } else {
             cfg.advertised().to_string()
         };
-        let raft_addr = if cfg.raft_addr.is_none() { advertised.clone() } else { cfg.raft_advertised().to_string() };
+        let raft_addr = if cfg.raft_addr.is_none() {
+            advertised.clone()
+        } else {
+            cfg.raft_advertised().to_string()
+        };
 
         let mut identity = match Identity::load(&dir)? {
             Some(mut id) => {
@@ -180,7 +189,8 @@ impl Node {
             chunk_timeout: Duration::from_millis(cfg.snapshot.chunk_timeout_ms),
             total_timeout: Duration::from_millis(cfg.snapshot.transfer_timeout_ms),
         };
-        let network = RaftNetworkFactoryImpl::new(id, pool.clone(), opts.faults.clone(), transfer.clone());
+        let network =
+            RaftNetworkFactoryImpl::new(id, pool.clone(), opts.faults.clone(), transfer.clone());
         let raft = Raft::new(id, raft_config, network, log_store, state_machine)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -190,7 +200,7 @@ impl Node {
             cluster_id: cluster_id.clone(),
             advertised: advertised.clone(),
             raft: raft.clone(),
-            engine,
+            engine: engine.clone(),
             batcher: WriteBatcher::spawn(
                 raft.clone(),
                 cfg.limits.batch_max_commands,
@@ -206,7 +216,11 @@ impl Node {
         let mut tasks = Vec::new();
         // Every request has a deadline even if the caller sets none; Raft
         // snapshot streams have their own per-chunk deadlines.
-        let server_timeout = Duration::from_millis(cfg.snapshot.transfer_timeout_ms.max(cfg.limits.request_timeout_ms));
+        let server_timeout = Duration::from_millis(
+            cfg.snapshot
+                .transfer_timeout_ms
+                .max(cfg.limits.request_timeout_ms),
+        );
         tasks.push(tokio::spawn(serve(
             listener,
             state.clone(),
@@ -227,6 +241,7 @@ impl Node {
             cluster_id: cluster_id.clone(),
             addr: advertised.clone(),
             raft: raft.clone(),
+            engine,
             data_dir: dir.clone(),
             shutdown,
             tasks,
@@ -234,7 +249,8 @@ impl Node {
 
         if !identity.joined {
             let result = if cfg.found_cluster {
-                node.found(&pool, &cfg.admin_addr, &identity, deadline).await
+                node.found(&pool, &cfg.admin_addr, &identity, deadline)
+                    .await
             } else {
                 node.join(&pool, &cfg.admin_addr, &identity, deadline).await
             };
@@ -252,10 +268,25 @@ impl Node {
 
     /// Initialises a one-member group, then tells the admin it may move keys
     /// here (in the background, until acknowledged).
-    async fn found(&self, pool: &ChannelPool, admin: &str, identity: &Identity, deadline: Option<Instant>) -> Result<(), NodeError> {
-        let initialized = self.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+    async fn found(
+        &self,
+        pool: &ChannelPool,
+        admin: &str,
+        identity: &Identity,
+        deadline: Option<Instant>,
+    ) -> Result<(), NodeError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         if !initialized {
-            let members = BTreeMap::from([(self.id, BasicNode { addr: self.addr.clone() })]);
+            let members = BTreeMap::from([(
+                self.id,
+                BasicNode {
+                    addr: self.addr.clone(),
+                },
+            )]);
             self.raft
                 .initialize(members)
                 .await
@@ -283,7 +314,9 @@ impl Node {
                 let (pool, admin, cluster) = (pool.clone(), admin.clone(), cluster.clone());
                 async move {
                     let mut c = RavelClusterAdminClient::new(pool.channel(&admin)?);
-                    c.initiate_data_relocation(cluster).await.map_err(status_err(&admin))
+                    c.initiate_data_relocation(cluster)
+                        .await
+                        .map_err(status_err(&admin))
                 }
             });
             tokio::select! {
@@ -298,7 +331,13 @@ impl Node {
     }
 
     /// Asks the cluster's leader (as the admin knows it) to add this node.
-    async fn join(&self, pool: &ChannelPool, admin: &str, identity: &Identity, deadline: Option<Instant>) -> Result<(), NodeError> {
+    async fn join(
+        &self,
+        pool: &ChannelPool,
+        admin: &str,
+        identity: &Identity,
+        deadline: Option<Instant>,
+    ) -> Result<(), NodeError> {
         let cluster_id = identity.cluster_id.clone().unwrap_or_default();
         let me = PbNode {
             node_id: identity.node_id.to_string(),
@@ -353,6 +392,12 @@ impl Node {
         &self.raft
     }
 
+    /// Reads a key from this replica's local state machine, without any
+    /// consistency check: for tests and diagnostics, never for clients.
+    pub fn local_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ravel_consensus::StorageError> {
+        self.engine.get(key)
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
     }
@@ -372,7 +417,12 @@ impl Node {
 }
 
 /// Registers with the admin: found a cluster or be assigned to one.
-async fn register(pool: &ChannelPool, cfg: &NodeConfig, identity: &Identity, deadline: Option<Instant>) -> Result<Cluster, NodeError> {
+async fn register(
+    pool: &ChannelPool,
+    cfg: &NodeConfig,
+    identity: &Identity,
+    deadline: Option<Instant>,
+) -> Result<Cluster, NodeError> {
     let admin = cfg.admin_addr.clone();
     let me = admin_node(identity);
     let found = cfg.found_cluster;

@@ -11,14 +11,24 @@ use ravel_transport::ChannelPool;
 use tokio::sync::watch;
 
 /// Runs until `shutdown` flips to true.
-pub async fn run(raft: Raft, id: NodeId, me: AdminNode, admin_addr: String, pool: ChannelPool, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    raft: Raft,
+    id: NodeId,
+    me: AdminNode,
+    admin_addr: String,
+    pool: ChannelPool,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut metrics = raft.metrics();
     let mut reported_term: Option<u64> = None;
     let backoff = Backoff::default();
     loop {
         let (is_leader, term) = {
             let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader && m.current_leader == Some(id), m.current_term)
+            (
+                m.state == ServerState::Leader && m.current_leader == Some(id),
+                m.current_term,
+            )
         };
         if is_leader && reported_term != Some(term) {
             let mut attempt = 0;

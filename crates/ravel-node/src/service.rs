@@ -98,7 +98,9 @@ impl NodeState {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Status::unavailable("no leader elected within the request deadline"));
+                return Err(Status::unavailable(
+                    "no leader elected within the request deadline",
+                ));
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
             let _ = self
@@ -148,7 +150,9 @@ impl NodeState {
     }
 
     fn client(&self, addr: &str) -> Result<RavelNodeClient<tonic::transport::Channel>, Status> {
-        Ok(RavelNodeClient::new(self.pool.channel(addr).map_err(transport_status)?))
+        Ok(RavelNodeClient::new(
+            self.pool.channel(addr).map_err(transport_status)?,
+        ))
     }
 
     /// Sends a request to the leader on behalf of a client.
@@ -164,7 +168,10 @@ impl NodeState {
         F: FnOnce(RavelNodeClient<tonic::transport::Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
-        self.faults.check(self.id, leader).await.map_err(transport_status)?;
+        self.faults
+            .check(self.id, leader)
+            .await
+            .map_err(transport_status)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut req = Request::new(body);
         req.set_timeout(remaining);
@@ -276,8 +283,12 @@ fn parse_node_id(node: &Node) -> Result<NodeId, Status> {
 
 fn membership_status(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Status::unavailable("leadership changed"),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Status::failed_precondition(c.to_string()),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Status::unavailable("leadership changed")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Status::failed_precondition(c.to_string())
+        }
         e => Status::unavailable(e.to_string()),
     }
 }
@@ -285,7 +296,9 @@ fn membership_status(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) 
 fn in_progress(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> bool {
     matches!(
         e,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_)
+        ))
     )
 }
 
@@ -316,11 +329,9 @@ impl NodeState {
         let node = BasicNode { addr };
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, self.raft.add_learner(id, node, true)).await {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "the new replica did not catch up within the join timeout; join again to continue",
-                ))
-            }
+            Err(_) => return Err(Status::deadline_exceeded(
+                "the new replica did not catch up within the join timeout; join again to continue",
+            )),
             Ok(Err(e)) => return Err(membership_status(e)),
             Ok(Ok(_)) => {}
         }
@@ -373,8 +384,10 @@ impl RavelNode for NodeService {
             }
             l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
             Leadership::Remote { id: lid, addr } => {
-                s.forward(lid, &addr, node, deadline, |mut c, r| async move { c.join(r).await })
-                    .await
+                s.forward(lid, &addr, node, deadline, |mut c, r| async move {
+                    c.join(r).await
+                })
+                .await
             }
             Leadership::Unknown => unreachable!("await_leader returns a known leader"),
         }
@@ -395,14 +408,19 @@ impl RavelNode for NodeService {
             }
             l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
             Leadership::Remote { id: lid, addr } => {
-                s.forward(lid, &addr, node, deadline, |mut c, r| async move { c.leave(r).await })
-                    .await
+                s.forward(lid, &addr, node, deadline, |mut c, r| async move {
+                    c.leave(r).await
+                })
+                .await
             }
             Leadership::Unknown => unreachable!("await_leader returns a known leader"),
         }
     }
 
-    async fn run(&self, request: Request<ravel_proto::node::Command>) -> Result<Response<RunResponse>, Status> {
+    async fn run(
+        &self,
+        request: Request<ravel_proto::node::Command>,
+    ) -> Result<Response<RunResponse>, Status> {
         let s = &self.state;
         let forwarded = request.metadata().contains_key(FORWARDED_METADATA);
         let deadline = Instant::now() + s.limits.request_timeout();
@@ -425,7 +443,9 @@ impl RavelNode for NodeService {
                         // find the new leader and go again.
                         op = Some(s.validate(&cmd)?);
                         if Instant::now() >= deadline {
-                            return Err(Status::unavailable("leadership changed and no new leader in time"));
+                            return Err(Status::unavailable(
+                                "leadership changed and no new leader in time",
+                            ));
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -433,7 +453,9 @@ impl RavelNode for NodeService {
                 l @ Leadership::Remote { .. } if forwarded => return Err(s.not_leader(&l)),
                 Leadership::Remote { id, addr } => {
                     return s
-                        .forward(id, &addr, cmd, deadline, |mut c, r| async move { c.run(r).await })
+                        .forward(id, &addr, cmd, deadline, |mut c, r| async move {
+                            c.run(r).await
+                        })
                         .await
                 }
                 Leadership::Unknown => unreachable!("await_leader returns a known leader"),
@@ -448,7 +470,8 @@ impl RavelNode for NodeService {
                 // Confirm with a quorum: a partitioned old leader must not
                 // claim leadership.
                 matches!(
-                    tokio::time::timeout(Duration::from_secs(1), s.raft.ensure_linearizable()).await,
+                    tokio::time::timeout(Duration::from_secs(1), s.raft.ensure_linearizable())
+                        .await,
                     Ok(Ok(_))
                 )
             }
@@ -466,12 +489,18 @@ impl Limits {
 
 #[tonic::async_trait]
 impl RavelNodeExt for NodeService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let s = &self.state;
         let m = s.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let fmt = |id: NodeId| {
-            let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+            let addr = membership
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default();
             format!("{id}={addr}")
         };
         let leader_addr = m

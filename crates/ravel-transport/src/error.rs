@@ -56,7 +56,9 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TransportError::Unavailable { .. } | TransportError::Timeout { .. } | TransportError::Cut { .. }
+            TransportError::Unavailable { .. }
+                | TransportError::Timeout { .. }
+                | TransportError::Cut { .. }
         )
     }
 

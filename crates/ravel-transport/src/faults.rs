@@ -37,7 +37,10 @@ impl Faults {
         {
             let (cut, delay) = {
                 let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-                (s.cut.contains(&(from, to)), s.delay.get(&(from, to)).copied())
+                (
+                    s.cut.contains(&(from, to)),
+                    s.delay.get(&(from, to)).copied(),
+                )
             };
             if cut {
                 return Err(TransportError::Cut { from, to });

@@ -23,5 +23,7 @@ pub mod retry;
 pub use error::TransportError;
 pub use faults::Faults;
 pub use pool::{ChannelOptions, ChannelPool};
-pub use raft_network::{RaftNetworkFactoryImpl, RaftPeer, SnapshotTransfer, MAX_RAFT_MESSAGE_BYTES};
+pub use raft_network::{
+    RaftNetworkFactoryImpl, RaftPeer, SnapshotTransfer, MAX_RAFT_MESSAGE_BYTES,
+};
 pub use raft_service::RaftService;

@@ -118,7 +118,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<RaftMessage, TransportError>
     })
 }
 
-fn decode<T: serde::de::DeserializeOwned>(addr: &str, msg: &RaftMessage) -> Result<T, TransportError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    addr: &str,
+    msg: &RaftMessage,
+) -> Result<T, TransportError> {
     codec::decode(&msg.payload).map_err(|e| TransportError::Codec {
         addr: addr.to_string(),
         reason: e.to_string(),
@@ -128,9 +131,9 @@ fn decode<T: serde::de::DeserializeOwned>(addr: &str, msg: &RaftMessage) -> Resu
 fn classify(e: TransportError) -> CallError {
     match e {
         TransportError::Timeout { after, .. } => CallError::Timeout(after),
-        e @ (TransportError::Unavailable { .. } | TransportError::Cut { .. } | TransportError::InvalidAddress { .. }) => {
-            CallError::Unreachable(e)
-        }
+        e @ (TransportError::Unavailable { .. }
+        | TransportError::Cut { .. }
+        | TransportError::InvalidAddress { .. }) => CallError::Unreachable(e),
         e => CallError::Network(e),
     }
 }
@@ -143,7 +146,12 @@ impl RaftPeer {
     }
 
     /// Sends one unary Raft RPC and decodes the remote `Result<R, E>`.
-    async fn unary<Req, R, E, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Result<R, E>, CallError>
+    async fn unary<Req, R, E, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        call: F,
+    ) -> Result<Result<R, E>, CallError>
     where
         Req: serde::Serialize,
         R: serde::de::DeserializeOwned,
@@ -151,17 +159,25 @@ impl RaftPeer {
         F: FnOnce(RaftClient<tonic::transport::Channel>, RaftMessage) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
-        self.faults.check(self.from, self.target).await.map_err(classify)?;
+        self.faults
+            .check(self.from, self.target)
+            .await
+            .map_err(classify)?;
         let msg = encode(req).map_err(CallError::Network)?;
         let client = self.client().map_err(classify)?;
         let reply = match tokio::time::timeout(ttl, call(client, msg)).await {
             Err(_) => return Err(CallError::Timeout(ttl)),
-            Ok(Err(status)) => return Err(classify(TransportError::from_status(&self.addr, status))),
+            Ok(Err(status)) => {
+                return Err(classify(TransportError::from_status(&self.addr, status)))
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
         // A reply that crosses a cut arrives only if the cut came after the
         // send; drop it, as a real partition would.
-        self.faults.check(self.target, self.from).await.map_err(classify)?;
+        self.faults
+            .check(self.target, self.from)
+            .await
+            .map_err(classify)?;
         decode(&self.addr, &reply).map_err(CallError::Network)
     }
 
@@ -190,9 +206,11 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let res = self
-            .unary::<_, AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(&rpc, option.hard_ttl(), |mut c, m| async move {
-                c.append_entries(m).await
-            })
+            .unary::<_, AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(
+                &rpc,
+                option.hard_ttl(),
+                |mut c, m| async move { c.append_entries(m).await },
+            )
             .await;
         match res {
             Ok(Ok(resp)) => Ok(resp),
@@ -207,9 +225,11 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let res = self
-            .unary::<_, VoteResponse<NodeId>, RaftError<NodeId>, _, _>(&rpc, option.hard_ttl(), |mut c, m| async move {
-                c.vote(m).await
-            })
+            .unary::<_, VoteResponse<NodeId>, RaftError<NodeId>, _, _>(
+                &rpc,
+                option.hard_ttl(),
+                |mut c, m| async move { c.vote(m).await },
+            )
             .await;
         match res {
             Ok(Ok(resp)) => Ok(resp),
@@ -288,7 +308,10 @@ impl RaftPeer {
                 }),
             }
         };
-        self.faults.check(self.from, self.target).await.map_err(fail)?;
+        self.faults
+            .check(self.from, self.target)
+            .await
+            .map_err(fail)?;
         let header = encode(&(vote, snapshot.meta.clone())).map_err(fail)?;
         let mut file = snapshot.snapshot;
         file.seek(std::io::SeekFrom::Start(0))
@@ -329,7 +352,11 @@ impl RaftPeer {
                 };
                 offset += filled as u64;
                 match tokio::time::timeout(chunk_timeout, tx.send(chunk)).await {
-                    Err(_) => return Err(std::io::Error::other(format!("chunk at offset {offset} not taken within {chunk_timeout:?}"))),
+                    Err(_) => {
+                        return Err(std::io::Error::other(format!(
+                            "chunk at offset {offset} not taken within {chunk_timeout:?}"
+                        )))
+                    }
                     Ok(Err(_)) => return Ok(offset), // receiver gone: the call ended
                     Ok(Ok(())) => {}
                 }
@@ -355,7 +382,8 @@ impl RaftPeer {
                 return Err(fail(TransportError::from_status(&self.addr, status)));
             }
         };
-        let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = decode(&self.addr, &reply).map_err(fail)?;
+        let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            decode(&self.addr, &reply).map_err(fail)?;
         res.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
     }
 }

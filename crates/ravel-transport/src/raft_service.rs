@@ -24,7 +24,10 @@ pub struct RaftService {
 
 impl RaftService {
     pub fn new(raft: Raft, chunk_timeout: Duration) -> Self {
-        Self { raft, chunk_timeout }
+        Self {
+            raft,
+            chunk_timeout,
+        }
     }
 
     /// The tonic service, with our message size limits.
@@ -51,7 +54,10 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
         reply(&self.raft.append_entries(rpc).await)
     }
@@ -82,7 +88,11 @@ impl RaftRpc for RaftService {
                     )))
                 }
                 Ok(Err(status)) => return Err(status),
-                Ok(Ok(None)) => return Err(Status::invalid_argument("snapshot stream ended before its last chunk")),
+                Ok(Ok(None)) => {
+                    return Err(Status::invalid_argument(
+                        "snapshot stream ended before its last chunk",
+                    ))
+                }
                 Ok(Ok(Some(chunk))) => chunk,
             };
             if let Some(h) = &chunk.header {
@@ -95,7 +105,9 @@ impl RaftRpc for RaftService {
                 )));
             }
             if crc32fast::hash(&chunk.data) != chunk.crc32 {
-                return Err(Status::data_loss(format!("snapshot chunk at offset {offset} fails its checksum")));
+                return Err(Status::data_loss(format!(
+                    "snapshot chunk at offset {offset} fails its checksum"
+                )));
             }
             file.write_all(&chunk.data)
                 .await
@@ -114,7 +126,13 @@ impl RaftRpc for RaftService {
         tracing::info!(bytes = offset, snapshot = %meta.snapshot_id, "received snapshot, installing");
         let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = self
             .raft
-            .install_full_snapshot(vote, Snapshot { meta, snapshot: file })
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: file,
+                },
+            )
             .await;
         reply(&res)
     }

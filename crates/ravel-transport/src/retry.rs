@@ -34,7 +34,11 @@ impl Backoff {
 /// Calls `f` until it succeeds, fails with a non-retryable error, or
 /// `deadline` passes (then the last error is returned). `None` retries
 /// forever.
-pub async fn retry<T, F, Fut>(backoff: &Backoff, deadline: Option<Instant>, mut f: F) -> Result<T, TransportError>
+pub async fn retry<T, F, Fut>(
+    backoff: &Backoff,
+    deadline: Option<Instant>,
+    mut f: F,
+) -> Result<T, TransportError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, TransportError>>,

@@ -1,0 +1,220 @@
+//! `RavelClusterAdminPB.RavelClusterAdmin`: the admin side of registration,
+//! leadership reports and departures (wire-protocol.md §2).
+
+use std::sync::Arc;
+
+use ravel_proto::admin::ravel_cluster_admin_server::RavelClusterAdmin;
+use ravel_proto::admin::{Cluster, Node, Response as AdminResponse};
+use tonic::{Request, Response, Status};
+
+use crate::registry::{ClusterInfo, Member, Registry, RegistryError};
+
+#[derive(Clone)]
+pub struct AdminService {
+    registry: Arc<Registry>,
+}
+
+impl AdminService {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+fn persist_status(e: RegistryError) -> Status {
+    Status::internal(format!("could not persist the admin state: {e}"))
+}
+
+fn validate(node: &Node) -> Result<Member, Status> {
+    if node.node_id.is_empty() {
+        return Err(Status::invalid_argument("node_id must not be empty"));
+    }
+    if node.grpc_address.is_empty() {
+        return Err(Status::invalid_argument("grpc_address must not be empty"));
+    }
+    Ok(Member {
+        grpc_address: node.grpc_address.clone(),
+        raft_address: if node.raft_address.is_empty() {
+            node.grpc_address.clone()
+        } else {
+            node.raft_address.clone()
+        },
+    })
+}
+
+fn cluster_reply(c: &ClusterInfo) -> Cluster {
+    let (grpc, raft) = c
+        .leader_member()
+        .map(|(_, m)| (m.grpc_address.clone(), m.raft_address.clone()))
+        .unwrap_or_default();
+    Cluster {
+        cluster_id: c.id.clone(),
+        leader_grpc_address: grpc,
+        leader_raft_address: raft,
+    }
+}
+
+fn ok() -> Response<AdminResponse> {
+    Response::new(AdminResponse { data: "ok".into() })
+}
+
+#[tonic::async_trait]
+impl RavelClusterAdmin for AdminService {
+    async fn join_existing_cluster(
+        &self,
+        request: Request<Node>,
+    ) -> Result<Response<Cluster>, Status> {
+        let node = request.into_inner();
+        let member = validate(&node)?;
+        let reply = self
+            .registry
+            .update(|s| {
+                // A node that registers again (it crashed before it saved
+                // the answer) gets the same cluster.
+                if let Some(c) = s.cluster_of(&node.node_id) {
+                    let id = c.id.clone();
+                    let c = s.clusters.get_mut(&id).expect("found");
+                    c.members.insert(node.node_id.clone(), member);
+                    return Ok(cluster_reply(c));
+                }
+                let target = s
+                    .clusters
+                    .values()
+                    .min_by(|a, b| a.members.len().cmp(&b.members.len()).then(a.id.cmp(&b.id)))
+                    .map(|c| c.id.clone());
+                match target {
+                    None => Err(Status::failed_precondition(
+                        "no cluster exists yet: start a node that founds one (--leader) first",
+                    )),
+                    Some(id) => {
+                        let c = s.clusters.get_mut(&id).expect("found");
+                        c.members.insert(node.node_id.clone(), member);
+                        tracing::info!(node = %node.node_id, cluster = %id, replicas = c.members.len(), "replica registered");
+                        Ok(cluster_reply(c))
+                    }
+                }
+            })
+            .map_err(persist_status)??;
+        Ok(Response::new(reply))
+    }
+
+    async fn join_as_cluster_leader(
+        &self,
+        request: Request<Node>,
+    ) -> Result<Response<Cluster>, Status> {
+        let node = request.into_inner();
+        let member = validate(&node)?;
+        let reply = self
+            .registry
+            .update(|s| {
+                if let Some(c) = s.cluster_of(&node.node_id) {
+                    return cluster_reply(c);
+                }
+                s.next_cluster += 1;
+                let id = format!("cluster-{}", s.next_cluster);
+                let c = ClusterInfo {
+                    id: id.clone(),
+                    members: [(node.node_id.clone(), member)].into(),
+                    leader: Some(node.node_id.clone()),
+                    ready: false,
+                };
+                let reply = cluster_reply(&c);
+                s.clusters.insert(id.clone(), c);
+                tracing::info!(node = %node.node_id, cluster = %id, "new cluster registered");
+                reply
+            })
+            .map_err(persist_status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn update_cluster_leader(
+        &self,
+        request: Request<Node>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let node = request.into_inner();
+        let member = validate(&node)?;
+        self.registry
+            .update(|s| {
+                let c = s
+                    .clusters
+                    .get_mut(&node.cluster_id)
+                    .ok_or_else(|| Status::not_found(format!("unknown cluster {:?}", node.cluster_id)))?;
+                c.members.insert(node.node_id.clone(), member);
+                if c.leader.as_deref() != Some(node.node_id.as_str()) {
+                    tracing::info!(cluster = %c.id, leader = %node.node_id, addr = %node.grpc_address, "leader changed");
+                }
+                c.leader = Some(node.node_id.clone());
+                Ok::<(), Status>(())
+            })
+            .map_err(persist_status)??;
+        Ok(ok())
+    }
+
+    async fn leave_cluster(
+        &self,
+        request: Request<Node>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let node = request.into_inner();
+        if node.node_id.is_empty() {
+            return Err(Status::invalid_argument("node_id must not be empty"));
+        }
+        self.registry
+            .update(|s| {
+                let Some(id) = s.cluster_of(&node.node_id).map(|c| c.id.clone()) else {
+                    return; // not registered (any more): leaving is idempotent
+                };
+                let c = s.clusters.get_mut(&id).expect("found");
+                c.members.remove(&node.node_id);
+                if c.leader.as_deref() == Some(node.node_id.as_str()) {
+                    c.leader = None;
+                }
+                tracing::info!(node = %node.node_id, cluster = %id, replicas = c.members.len(), "replica left");
+                if c.members.is_empty() {
+                    s.clusters.remove(&id);
+                    tracing::info!(cluster = %id, "last replica left; cluster removed");
+                }
+            })
+            .map_err(persist_status)?;
+        Ok(ok())
+    }
+
+    async fn get_cluster_leader(
+        &self,
+        request: Request<Cluster>,
+    ) -> Result<Response<Node>, Status> {
+        let want = request.into_inner().cluster_id;
+        let state = self.registry.snapshot();
+        let c = state
+            .clusters
+            .get(&want)
+            .ok_or_else(|| Status::not_found(format!("unknown cluster {want:?}")))?;
+        let (id, m) = c
+            .leader_member()
+            .ok_or_else(|| Status::unavailable(format!("no leader known for cluster {want}")))?;
+        Ok(Response::new(Node {
+            node_id: id.clone(),
+            grpc_address: m.grpc_address.clone(),
+            raft_address: m.raft_address.clone(),
+            cluster_id: c.id.clone(),
+        }))
+    }
+
+    async fn initiate_data_relocation(
+        &self,
+        request: Request<Cluster>,
+    ) -> Result<Response<AdminResponse>, Status> {
+        let cluster = request.into_inner();
+        self.registry
+            .update(|s| {
+                let c = s.clusters.get_mut(&cluster.cluster_id).ok_or_else(|| {
+                    Status::not_found(format!("unknown cluster {:?}", cluster.cluster_id))
+                })?;
+                if !c.ready {
+                    tracing::info!(cluster = %c.id, "cluster ready to serve");
+                }
+                c.ready = true;
+                Ok::<(), Status>(())
+            })
+            .map_err(persist_status)??;
+        Ok(ok())
+    }
+}

@@ -1,0 +1,109 @@
+//! Replicas that fall behind catch up: from the log after a restart, and by
+//! snapshot when the leader has purged the entries they miss.
+
+use std::time::Duration;
+
+use ravel_testkit::{wait_for, TestSettings, TestSystem};
+
+async fn write_range(sys: &TestSystem, via: usize, range: std::ops::Range<u32>) {
+    for k in range {
+        sys.run(
+            via,
+            "set",
+            format!("k{k}").as_bytes(),
+            format!("v{k}").as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("write k{k}: {e}"));
+    }
+}
+
+async fn wait_has_all(sys: &TestSystem, node: usize, range: std::ops::Range<u32>) {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("node {node} to hold every key"),
+        || {
+            let n = sys.nodes[node].node();
+            let all = range.clone().all(|k| {
+                n.local_get(format!("k{k}").as_bytes()).ok().flatten()
+                    == Some(format!("v{k}").into_bytes())
+            });
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_follower_catches_up_from_the_log() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let follower = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    write_range(&sys, leader, 0..20).await;
+    sys.crash(follower).await;
+    write_range(&sys, leader, 20..80).await;
+    sys.restart(follower).await;
+    wait_has_all(&sys, follower, 0..80).await;
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_behind_purged_log_catches_up_by_snapshot() {
+    let mut settings = TestSettings::default();
+    settings.snapshot.logs_since_last = 20;
+    settings.snapshot.keep_logs = 0;
+    // Several chunks per snapshot.
+    settings.snapshot.chunk_bytes = 256;
+    let mut sys = TestSystem::start_with(1, 3, settings).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let follower = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    write_range(&sys, leader, 0..10).await;
+    let behind = sys.nodes[follower]
+        .node()
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+    sys.crash(follower).await;
+    write_range(&sys, leader, 10..150).await;
+    // The leader must have purged what the follower lacks.
+    wait_for(
+        Duration::from_secs(10),
+        "the leader to purge past the follower's log",
+        || {
+            let purged = sys.nodes[leader]
+                .node()
+                .raft()
+                .metrics()
+                .borrow()
+                .purged
+                .map(|l| l.index);
+            async move { purged.filter(|p| *p > behind) }
+        },
+    )
+    .await;
+    sys.restart(follower).await;
+    wait_has_all(&sys, follower, 0..150).await;
+    let snap = sys.nodes[follower]
+        .node()
+        .raft()
+        .metrics()
+        .borrow()
+        .snapshot;
+    assert!(
+        snap.is_some_and(|s| s.index > behind),
+        "follower did not install a snapshot: {snap:?}"
+    );
+    sys.shutdown().await;
+}

@@ -1,0 +1,66 @@
+//! Three replicas: acknowledged writes survive the leader's crash, and the
+//! time from the crash to the first successful write is measured.
+
+use std::time::{Duration, Instant};
+
+use ravel_testkit::TestSystem;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_leader_crash() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+
+    // Writes through every replica: followers forward to the leader.
+    let mut acked = Vec::new();
+    for k in 0..150u32 {
+        let via = sys.members(&cluster)[k as usize % 3];
+        let key = format!("key-{k}");
+        let value = format!("value-{k}");
+        sys.run(via, "set", key.as_bytes(), value.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("write {k} via node {via}: {e}"));
+        acked.push((key, value));
+    }
+
+    let crashed_at = Instant::now();
+    sys.crash(leader).await;
+    let survivors: Vec<usize> = sys
+        .members(&cluster)
+        .into_iter()
+        .filter(|&i| i != leader)
+        .collect();
+
+    // Keep writing until a write succeeds through a survivor.
+    let mut attempt = 0;
+    let failover = loop {
+        let via = survivors[attempt % survivors.len()];
+        attempt += 1;
+        if sys.run(via, "set", b"after-failover", b"1").await.is_ok() {
+            break crashed_at.elapsed();
+        }
+        assert!(
+            crashed_at.elapsed() < Duration::from_secs(10),
+            "no write succeeded within 10 s of the crash"
+        );
+    };
+    println!(
+        "failover: first successful write {} ms after the leader crashed",
+        failover.as_millis()
+    );
+    assert!(
+        failover < Duration::from_secs(2),
+        "failover took {failover:?}"
+    );
+
+    let new_leader = sys.leader(&cluster, Duration::from_secs(5)).await;
+    assert_ne!(new_leader, leader);
+    for (key, value) in &acked {
+        let got = sys
+            .run(new_leader, "get", key.as_bytes(), b"")
+            .await
+            .unwrap_or_else(|e| panic!("read {key} after failover: {e}"));
+        assert_eq!(got.get_ref().data, value.as_bytes(), "{key}");
+    }
+    sys.shutdown().await;
+}

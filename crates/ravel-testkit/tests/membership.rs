@@ -1,0 +1,138 @@
+//! Membership through the admin: a fourth replica joins and gets all the
+//! data; a replica leaves for good (`kill`): the group shrinks, the admin
+//! forgets it and its data is deleted.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ravel_node::identity::Identity;
+use ravel_testkit::{wait_for, TestSystem};
+
+fn voters(sys: &TestSystem, i: usize) -> BTreeSet<u64> {
+    sys.nodes[i]
+        .node()
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fourth_replica_joins_then_one_leaves_for_good() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    for k in 0..100u32 {
+        sys.run(leader, "set", format!("k{k}").as_bytes(), b"v")
+            .await
+            .unwrap();
+    }
+
+    // Join: the admin assigns the new replica to the only cluster.
+    let fourth = sys.add_node(false).await;
+    assert_eq!(sys.nodes[fourth].cluster_id, cluster);
+    let all: BTreeSet<u64> = sys
+        .members(&cluster)
+        .iter()
+        .map(|&i| sys.nodes[i].id)
+        .collect();
+    assert_eq!(all.len(), 4);
+    wait_for(Duration::from_secs(10), "4 voters", || {
+        let v = voters(&sys, leader);
+        let all = all.clone();
+        async move { (v == all).then_some(()) }
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the new replica to hold all data",
+        || {
+            let n = sys.nodes[fourth].node();
+            let ok = (0..100u32).all(|k| {
+                n.local_get(format!("k{k}").as_bytes())
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    let reg = sys.admin().registry().snapshot();
+    assert_eq!(reg.clusters[&cluster].members.len(), 4);
+
+    // Leave for good: a follower, through the kill flow.
+    let leaving = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    let dir = sys.nodes[leaving].config.data_dir.clone();
+    let identity = Identity::load(&dir).unwrap().unwrap();
+    ravel_node::kill::leave_cluster(
+        &identity,
+        tokio::time::Instant::now() + Duration::from_secs(20),
+    )
+    .await
+    .expect("leave");
+    sys.crash(leaving).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let expected: BTreeSet<u64> = all
+        .iter()
+        .copied()
+        .filter(|&id| id != sys.nodes[leaving].id)
+        .collect();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    wait_for(Duration::from_secs(10), "3 voters after leave", || {
+        let v = voters(&sys, leader);
+        let e = expected.clone();
+        async move { (v == e).then_some(()) }
+    })
+    .await;
+    let reg = sys.admin().registry().snapshot();
+    assert_eq!(reg.clusters[&cluster].members.len(), 3);
+    assert!(!reg.clusters[&cluster]
+        .members
+        .contains_key(&sys.nodes[leaving].id.to_string()));
+    // The smaller group still commits.
+    sys.run(leader, "set", b"after-leave", b"1").await.unwrap();
+
+    // Leaving again is harmless.
+    ravel_node::kill::leave_cluster(
+        &identity,
+        tokio::time::Instant::now() + Duration::from_secs(5),
+    )
+    .await
+    .expect("second leave is idempotent");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_removes_data_and_registration() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let victim = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    let dir = sys.nodes[victim].config.data_dir.clone();
+    // The in-process node is stopped first, as SIGTERM would stop a process.
+    sys.crash(victim).await;
+    ravel_node::kill::kill(&dir, Duration::from_secs(20))
+        .await
+        .expect("kill");
+    assert!(!dir.exists(), "kill left the data directory");
+    let reg = sys.admin().registry().snapshot();
+    assert!(!reg.clusters[&cluster]
+        .members
+        .contains_key(&sys.nodes[victim].id.to_string()));
+    let v = voters(&sys, leader);
+    assert!(!v.contains(&sys.nodes[victim].id));
+    sys.shutdown().await;
+}

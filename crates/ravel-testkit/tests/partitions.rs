@@ -1,0 +1,182 @@
+//! Partitions: forwarding, no stale reads from a deposed leader, no commits
+//! in a minority, convergence after healing, and the admin hearing about
+//! every leader.
+
+use std::time::Duration;
+
+use ravel_testkit::{wait_for, TestSystem};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_forwards_writes_and_names_the_leader() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let follower = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    let resp = sys
+        .run(follower, "set", b"fwd", b"yes")
+        .await
+        .expect("forwarded write");
+    let named = resp
+        .metadata()
+        .get("x-ravel-leader")
+        .expect("leader metadata")
+        .to_str()
+        .unwrap();
+    assert_eq!(named, sys.nodes[leader].addr);
+    let got = sys
+        .run(follower, "get", b"fwd", b"")
+        .await
+        .expect("forwarded read");
+    assert_eq!(got.get_ref().data, b"yes");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposed_leader_serves_no_stale_read_and_commits_nothing() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let old = sys.leader(&cluster, Duration::from_secs(10)).await;
+    sys.run(old, "set", b"k", b"old").await.unwrap();
+    let old_term = sys.nodes[old].node().raft().metrics().borrow().current_term;
+
+    sys.partition(&[old]);
+    let others: Vec<usize> = sys
+        .members(&cluster)
+        .into_iter()
+        .filter(|&i| i != old)
+        .collect();
+    let new = wait_for(
+        Duration::from_secs(10),
+        "a new leader in the majority",
+        || {
+            let found = others.iter().copied().find(|&i| {
+                let m = sys.nodes[i].node().raft().metrics().borrow().clone();
+                m.current_leader == Some(m.id) && m.current_term > old_term
+            });
+            async move { found }
+        },
+    )
+    .await;
+    sys.run(new, "set", b"k", b"new")
+        .await
+        .expect("write in the majority");
+
+    // The old leader may still believe it leads, but must not answer with
+    // the replaced value, and cannot commit.
+    match sys.run(old, "get", b"k", b"").await {
+        Ok(r) => assert_ne!(r.get_ref().data, b"old", "stale read from a deposed leader"),
+        Err(status) => println!(
+            "deposed leader refused the read: {:?} {}",
+            status.code(),
+            status.message()
+        ),
+    }
+    let lost = sys.run(old, "set", b"minority", b"x").await;
+    assert!(lost.is_err(), "a minority committed a write");
+
+    sys.heal();
+    wait_for(
+        Duration::from_secs(10),
+        "the old leader to converge",
+        || {
+            let v = sys.nodes[old].node().local_get(b"k").ok().flatten();
+            async move { (v.as_deref() == Some(b"new".as_slice())).then_some(()) }
+        },
+    )
+    .await;
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let r = sys.run(leader, "get", b"minority", b"").await;
+    assert_eq!(
+        r.map_err(|s| s.code()).err(),
+        Some(tonic::Code::NotFound),
+        "the minority's write became visible"
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_follower_cannot_write_and_converges_after_heal() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let follower = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    sys.partition(&[follower]);
+    assert!(
+        sys.run(follower, "set", b"cut", b"1").await.is_err(),
+        "a cut-off follower wrote"
+    );
+    for k in 0..30u32 {
+        sys.run(leader, "set", format!("k{k}").as_bytes(), b"v")
+            .await
+            .expect("majority write");
+    }
+    sys.heal();
+    wait_for(Duration::from_secs(10), "the follower to converge", || {
+        let n = sys.nodes[follower].node();
+        let ok = (0..30u32).all(|k| {
+            n.local_get(format!("k{k}").as_bytes())
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        async move { ok.then_some(()) }
+    })
+    .await;
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_leadership_change_reaches_the_admin() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    for round in 0..4 {
+        let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+        let term = sys.nodes[leader]
+            .node()
+            .raft()
+            .metrics()
+            .borrow()
+            .current_term;
+        // Force an election on a follower.
+        let next = sys
+            .members(&cluster)
+            .into_iter()
+            .find(|&i| i != leader)
+            .unwrap();
+        sys.nodes[next]
+            .node()
+            .raft()
+            .trigger()
+            .elect()
+            .await
+            .unwrap();
+        let now = wait_for(Duration::from_secs(10), "a leader in a later term", || {
+            let found = sys.members(&cluster).into_iter().find(|&i| {
+                let m = sys.nodes[i].node().raft().metrics().borrow().clone();
+                m.current_leader == Some(m.id) && m.current_term > term
+            });
+            async move { found }
+        })
+        .await;
+        let id = sys.nodes[now].id.to_string();
+        wait_for(
+            Duration::from_secs(10),
+            &format!("round {round}: the admin to record leader {id}"),
+            || {
+                let reg = sys.admin().registry().snapshot();
+                let ok = reg.clusters[&cluster].leader.as_deref() == Some(id.as_str());
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
+    }
+    sys.shutdown().await;
+}
