@@ -2,7 +2,7 @@
 //! disk, measured in one run.
 //!
 //! ```text
-//! cargo bench -p ravel-storage --bench log_append [-- --seconds 3 --dir PATH]
+//! cargo bench -p ravel-storage --bench log_append [-- --seconds 2 --dir PATH]
 //! ```
 //!
 //! Each append is one synced RocksDB write batch, as the consensus layer
@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut seconds = 3.0;
+    let mut seconds = 2.0;
     let mut dir = std::env::current_dir().expect("current dir");
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -37,14 +37,29 @@ fn args() -> Args {
     Args { seconds, dir }
 }
 
-/// Synced 4 KiB writes per second on one thread.
-fn raw_fdatasync_rate(dir: &std::path::Path, budget: Duration) -> f64 {
+/// Synced 4 KiB writes per second on one thread. `preallocated`: the
+/// writes overwrite an already-written file, so fdatasync has no file size
+/// to update (as with RocksDB's recycled, preallocated WAL); otherwise each
+/// write appends and grows the file.
+fn raw_fdatasync_rate(dir: &std::path::Path, budget: Duration, preallocated: bool) -> f64 {
+    use std::io::{Seek, SeekFrom};
     let path = dir.join("fdatasync.bin");
     let mut f = std::fs::File::create(&path).expect("create bench file");
     let block = vec![0xABu8; 4096];
+    const SPAN: u64 = 64 << 20;
+    if preallocated {
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..(SPAN >> 20) {
+            f.write_all(&chunk).expect("prefill");
+        }
+        f.sync_all().expect("sync prefill");
+    }
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < budget {
+        if preallocated {
+            f.seek(SeekFrom::Start((n * 4096) % SPAN)).expect("seek");
+        }
         f.write_all(&block).expect("write");
         f.sync_data().expect("fdatasync"); // fdatasync(2) on Linux
         n += 1;
@@ -56,7 +71,6 @@ fn raw_fdatasync_rate(dir: &std::path::Path, budget: Duration) -> f64 {
 }
 
 struct AppendResult {
-    batch: usize,
     batches_per_s: f64,
     entries_per_s: f64,
     mb_per_s: f64,
@@ -82,7 +96,6 @@ fn append_rate(dir: &std::path::Path, batch: usize, budget: Duration) -> AppendR
     let _ = std::fs::remove_dir_all(&db);
     let entries = (next - 1) as f64;
     AppendResult {
-        batch,
         batches_per_s: batches as f64 / secs,
         entries_per_s: entries / secs,
         mb_per_s: entries * ENTRY_BYTES as f64 / secs / 1e6,
@@ -99,28 +112,46 @@ fn main() {
         args.seconds
     );
 
-    let raw = raw_fdatasync_rate(&work, budget);
-    let results: Vec<AppendResult> = [1, 16, 256]
-        .into_iter()
-        .map(|b| append_rate(&work, b, budget))
-        .collect();
-    let raw_after = raw_fdatasync_rate(&work, budget);
+    // Rounds interleave every measurement, so a disk whose speed drifts
+    // during the run affects all of them alike; the median is reported.
+    const ROUNDS: usize = 3;
+    let batches = [1usize, 16, 256];
+    let mut raw_grow = Vec::new();
+    let mut raw_pre = Vec::new();
+    let mut appends: Vec<Vec<AppendResult>> = batches.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        raw_grow.push(raw_fdatasync_rate(&work, budget, false));
+        raw_pre.push(raw_fdatasync_rate(&work, budget, true));
+        for (i, b) in batches.iter().enumerate() {
+            appends[i].push(append_rate(&work, *b, budget));
+        }
+    }
     let _ = std::fs::remove_dir_all(&work);
 
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let grow = median(raw_grow.clone());
+    let pre = median(raw_pre.clone());
     println!();
-    println!("raw 4 KiB write + fdatasync: {raw:.0}/s before, {raw_after:.0}/s after");
+    println!("raw 4 KiB write + fdatasync, growing file:      median {grow:.0}/s (rounds: {raw_grow:.0?})");
+    println!("raw 4 KiB write + fdatasync, preallocated file: median {pre:.0}/s (rounds: {raw_pre:.0?})");
     println!();
-    println!("| entries per append | appends/s | entries/s | MB/s | appends/s ÷ raw fdatasync/s |");
-    println!("|---:|---:|---:|---:|---:|");
-    let raw_mean = (raw + raw_after) / 2.0;
-    for r in &results {
+    println!("| entries per append | appends/s | entries/s | MB/s | appends/s ÷ raw (growing) | appends/s ÷ raw (preallocated) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (b, rounds) in batches.iter().zip(appends) {
+        let mut rounds = rounds;
+        rounds.sort_by(|x, y| x.batches_per_s.total_cmp(&y.batches_per_s));
+        let r = &rounds[rounds.len() / 2];
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            r.batch,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            b,
             r.batches_per_s,
             r.entries_per_s,
             r.mb_per_s,
-            r.batches_per_s / raw_mean
+            r.batches_per_s / grow,
+            r.batches_per_s / pre
         );
     }
 }
