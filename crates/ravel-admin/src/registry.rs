@@ -3,7 +3,7 @@
 //! written (temp file, fsync, rename, fsync dir) before it is acknowledged,
 //! so a restarted admin knows everything it ever acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -41,6 +41,49 @@ pub struct RegistryState {
     pub version: u32,
     pub next_cluster: u64,
     pub clusters: BTreeMap<String, ClusterInfo>,
+    #[serde(default)]
+    pub ring: RingState,
+}
+
+/// Which clusters the hash ring routes to, and the relocation in progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RingState {
+    /// The clusters partitions are assigned to (during a relocation: the
+    /// clusters being moved *to*).
+    pub members: Vec<String>,
+    /// Clusters whose last replica asked to leave: their keys move away,
+    /// then they are removed.
+    pub draining: BTreeSet<String>,
+    pub relocation: Option<Relocation>,
+    /// Bumped on every change of members or relocation, so routers know to
+    /// rebuild their tables.
+    pub generation: u64,
+    /// Keys moved by all finished relocations.
+    pub moved_keys_total: u64,
+    pub relocations_done: u64,
+}
+
+/// A move of partitions between clusters, persisted step by step so that a
+/// restarted admin resumes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Relocation {
+    pub id: u64,
+    pub from_members: Vec<String>,
+    pub to_members: Vec<String>,
+    /// Partitions still moving, with their old and new owner.
+    pub pending: BTreeMap<u32, PartitionMove>,
+    /// Partitions that had to move when the relocation started.
+    pub total_partitions: u32,
+    /// Listing cursor per source→destination pair ("from->to").
+    pub cursors: BTreeMap<String, Vec<u8>>,
+    /// Keys copied so far.
+    pub moved_keys: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionMove {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +181,15 @@ impl Registry {
 }
 
 impl RegistryState {
+    /// The clusters that should be on the ring: ready and not draining.
+    pub fn desired_members(&self) -> Vec<String> {
+        self.clusters
+            .values()
+            .filter(|c| c.ready && !self.ring.draining.contains(&c.id))
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// The cluster a node is registered in.
     pub fn cluster_of(&self, node_id: &str) -> Option<&ClusterInfo> {
         self.clusters

@@ -7,16 +7,17 @@ use ravel_proto::admin::ravel_cluster_admin_server::RavelClusterAdmin;
 use ravel_proto::admin::{Cluster, Node, Response as AdminResponse};
 use tonic::{Request, Response, Status};
 
-use crate::registry::{ClusterInfo, Member, Registry, RegistryError};
+use crate::registry::{ClusterInfo, Member, RegistryError};
+use crate::Shared;
 
 #[derive(Clone)]
 pub struct AdminService {
-    registry: Arc<Registry>,
+    shared: Arc<Shared>,
 }
 
 impl AdminService {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 }
 
@@ -66,6 +67,7 @@ impl RavelClusterAdmin for AdminService {
         let node = request.into_inner();
         let member = validate(&node)?;
         let reply = self
+            .shared
             .registry
             .update(|s| {
                 // A node that registers again (it crashed before it saved
@@ -104,6 +106,7 @@ impl RavelClusterAdmin for AdminService {
         let node = request.into_inner();
         let member = validate(&node)?;
         let reply = self
+            .shared
             .registry
             .update(|s| {
                 if let Some(c) = s.cluster_of(&node.node_id) {
@@ -132,7 +135,7 @@ impl RavelClusterAdmin for AdminService {
     ) -> Result<Response<AdminResponse>, Status> {
         let node = request.into_inner();
         let member = validate(&node)?;
-        self.registry
+        self.shared.registry
             .update(|s| {
                 let c = s
                     .clusters
@@ -149,28 +152,58 @@ impl RavelClusterAdmin for AdminService {
         Ok(ok())
     }
 
-    async fn leave_cluster(
-        &self,
-        request: Request<Node>,
-    ) -> Result<Response<AdminResponse>, Status> {
+    async fn leave_cluster(&self, request: Request<Node>) -> Result<Response<AdminResponse>, Status> {
         let node = request.into_inner();
         if node.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id must not be empty"));
         }
-        self.registry
+        let state = self.shared.registry.snapshot();
+        let Some(cluster) = state.cluster_of(&node.node_id).cloned() else {
+            return Ok(ok()); // not registered (any more): leaving is idempotent
+        };
+        let last = cluster.members.len() == 1;
+        let on_ring = state.ring.members.contains(&cluster.id);
+        let moving = state
+            .ring
+            .relocation
+            .as_ref()
+            .is_some_and(|r| r.pending.values().any(|m| m.from == cluster.id || m.to == cluster.id));
+        if last && (on_ring || moving) {
+            // The cluster's keys must live elsewhere before its last replica
+            // (and with it the data) goes away.
+            let others = state.desired_members().into_iter().filter(|c| *c != cluster.id).count();
+            if others == 0 {
+                return Err(Status::failed_precondition(format!(
+                    "{} is the only cluster serving keys; its last replica cannot leave without losing them",
+                    cluster.id
+                )));
+            }
+            self.shared
+                .registry
+                .update(|s| {
+                    s.ring.draining.insert(cluster.id.clone());
+                })
+                .map_err(persist_status)?;
+            self.shared.wake.notify_one();
+            tracing::info!(cluster = %cluster.id, "last replica leaving: moving the cluster's keys away first");
+            return Err(Status::unavailable(format!(
+                "cluster {} is moving its keys to the other clusters; call LeaveCluster again",
+                cluster.id
+            )));
+        }
+        self.shared
+            .registry
             .update(|s| {
-                let Some(id) = s.cluster_of(&node.node_id).map(|c| c.id.clone()) else {
-                    return; // not registered (any more): leaving is idempotent
-                };
-                let c = s.clusters.get_mut(&id).expect("found");
+                let c = s.clusters.get_mut(&cluster.id).expect("found");
                 c.members.remove(&node.node_id);
                 if c.leader.as_deref() == Some(node.node_id.as_str()) {
                     c.leader = None;
                 }
-                tracing::info!(node = %node.node_id, cluster = %id, replicas = c.members.len(), "replica left");
+                tracing::info!(node = %node.node_id, cluster = %cluster.id, replicas = c.members.len(), "replica left");
                 if c.members.is_empty() {
-                    s.clusters.remove(&id);
-                    tracing::info!(cluster = %id, "last replica left; cluster removed");
+                    s.clusters.remove(&cluster.id);
+                    s.ring.draining.remove(&cluster.id);
+                    tracing::info!(cluster = %cluster.id, "last replica left; cluster removed");
                 }
             })
             .map_err(persist_status)?;
@@ -182,7 +215,7 @@ impl RavelClusterAdmin for AdminService {
         request: Request<Cluster>,
     ) -> Result<Response<Node>, Status> {
         let want = request.into_inner().cluster_id;
-        let state = self.registry.snapshot();
+        let state = self.shared.registry.snapshot();
         let c = state
             .clusters
             .get(&want)
@@ -203,7 +236,7 @@ impl RavelClusterAdmin for AdminService {
         request: Request<Cluster>,
     ) -> Result<Response<AdminResponse>, Status> {
         let cluster = request.into_inner();
-        self.registry
+        self.shared.registry
             .update(|s| {
                 let c = s.clusters.get_mut(&cluster.cluster_id).ok_or_else(|| {
                     Status::not_found(format!("unknown cluster {:?}", cluster.cluster_id))
@@ -215,6 +248,11 @@ impl RavelClusterAdmin for AdminService {
                 Ok::<(), Status>(())
             })
             .map_err(persist_status)??;
+        // Put the cluster on the ring now; the mover moves its keys.
+        crate::relocation::plan(&self.shared.registry, &self.shared.router, &self.shared.gate)
+            .await
+            .map_err(persist_status)?;
+        self.shared.wake.notify_one();
         Ok(ok())
     }
 }

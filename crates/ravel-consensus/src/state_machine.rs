@@ -125,6 +125,29 @@ fn execute(
             pending.insert(key, None);
             CommandResult::Value(current)
         }
+        Command::SetIfAbsent { key, value } => {
+            let exists = match pending.get(&key) {
+                Some(v) => v.is_some(),
+                None => engine.get(&key).map_err(sm_read_err)?.is_some(),
+            };
+            if !exists {
+                batch.put(&key, &value);
+                pending.insert(key, Some(value));
+            }
+            CommandResult::Applied(!exists)
+        }
+        Command::DeleteIfEqual { key, value } => {
+            let current = match pending.get(&key) {
+                Some(v) => v.clone(),
+                None => engine.get(&key).map_err(sm_read_err)?,
+            };
+            let equal = current.as_deref() == Some(value.as_slice());
+            if equal {
+                batch.delete(&key);
+                pending.insert(key, None);
+            }
+            CommandResult::Applied(equal)
+        }
         Command::Batch(cmds) => CommandResult::Batch(
             cmds.into_iter()
                 .map(|c| execute(engine, batch, pending, c))
@@ -374,4 +397,45 @@ fn snapshot_meta(sm_meta: &[(String, Vec<u8>)]) -> std::io::Result<SnapshotMeta>
         last_membership,
         snapshot_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+
+    fn entry(index: u64, cmd: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    #[tokio::test]
+    async fn conditional_commands_see_earlier_commands_of_the_same_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(engine, dir.path().join("snap"), 1024).unwrap();
+        let k = b"k".to_vec();
+        let set = |v: &[u8]| Command::SetIfAbsent { key: k.clone(), value: v.to_vec() };
+        let del = |v: &[u8]| Command::DeleteIfEqual { key: k.clone(), value: v.to_vec() };
+        let results = sm
+            .apply([entry(
+                1,
+                Command::Batch(vec![set(b"a"), set(b"b"), del(b"b"), del(b"a"), set(b"c")]),
+            )])
+            .await
+            .unwrap();
+        use CommandResult::Applied;
+        assert_eq!(
+            results,
+            vec![CommandResult::Batch(vec![Applied(true), Applied(false), Applied(false), Applied(true), Applied(true)])]
+        );
+        assert_eq!(sm.engine().get(b"k").unwrap().as_deref(), Some(&b"c"[..]));
+        let r = sm.apply([entry(2, del(b"c")), entry(3, del(b"c"))]).await.unwrap();
+        assert_eq!(r, vec![Applied(true), Applied(false)]);
+        assert_eq!(sm.engine().get(b"k").unwrap(), None);
+    }
 }

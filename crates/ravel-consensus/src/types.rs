@@ -46,6 +46,12 @@ pub enum Command {
     /// result. The write batcher builds these so that concurrent clients
     /// share one fsync.
     Batch(Vec<Command>),
+    /// key := value only if the key is absent (relocation copies with it,
+    /// so a newer write on the destination is never overwritten).
+    SetIfAbsent { key: Vec<u8>, value: Vec<u8> },
+    /// Remove key only if it holds exactly `value` (relocation removes the
+    /// source copy with it).
+    DeleteIfEqual { key: Vec<u8>, value: Vec<u8> },
 }
 
 /// What applying a command produced.
@@ -58,6 +64,8 @@ pub enum CommandResult {
     Value(Option<Vec<u8>>),
     /// One result per command of a `Batch`, in order.
     Batch(Vec<CommandResult>),
+    /// Whether a conditional command took effect.
+    Applied(bool),
 }
 
 /// A snapshot on disk: the file plus its path, so a received snapshot can

@@ -36,7 +36,9 @@ pub struct WriteBatcher {
 
 fn command_bytes(cmd: &Command) -> usize {
     match cmd {
-        Command::Set { key, value } => key.len() + value.len(),
+        Command::Set { key, value }
+        | Command::SetIfAbsent { key, value }
+        | Command::DeleteIfEqual { key, value } => key.len() + value.len(),
         Command::Delete { key } | Command::GetAndDelete { key } => key.len(),
         Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
     }

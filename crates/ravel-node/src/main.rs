@@ -54,8 +54,9 @@ enum Cmd {
         /// The data directory of the replica to remove.
         #[arg(short = 's', long = "storagedir", value_name = "DIR")]
         storage_dir: PathBuf,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 60)]
+        /// Give up after this many seconds (the last replica of a cluster
+        /// waits while the admin moves the cluster's keys away).
+        #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
 }

@@ -413,6 +413,16 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Requests still finishing on closing connections, or storage work
+        // openraft handed to the blocking pool, may hold the database a
+        // little longer; it must be closed (unlocked) when we return.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.engine.handle_count() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.engine.handle_count() > 1 {
+            tracing::warn!(handles = self.engine.handle_count(), "database still in use after shutdown");
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use ravel_consensus::types::{NodeId, Raft};
 use ravel_consensus::{Command, CommandResult, Engine};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
-use ravel_proto::ext::{StatusRequest, StatusResponse};
+use ravel_proto::ext::{Applied, KeyValue, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse};
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::ravel_node_server::RavelNode;
 use ravel_proto::node::{Boolean, Node, Response as RunResponse, Void};
@@ -349,9 +349,11 @@ impl NodeState {
         }
         if is_voter {
             if membership.voter_ids().count() == 1 {
-                return Err(Status::failed_precondition(
-                    "the last replica of a cluster cannot leave its Raft group",
-                ));
+                // The last replica: the group cannot shrink to nothing. The
+                // cluster is being decommissioned; the admin moves its keys
+                // away (LeaveCluster) before the replica's data is deleted.
+                tracing::info!(node = id, "leave: last replica of the cluster; membership unchanged");
+                return Ok(());
             }
             tracing::info!(node = id, "leave: removing voter");
             self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), deadline)
@@ -519,5 +521,136 @@ impl RavelNodeExt for NodeService {
             voters: membership.voter_ids().map(fmt).collect(),
             learners: membership.learner_ids().map(fmt).collect(),
         }))
+    }
+
+    async fn list_partitions(
+        &self,
+        request: Request<ListPartitionsRequest>,
+    ) -> Result<Response<ListPartitionsResponse>, Status> {
+        let s = &self.state;
+        let req = request.into_inner();
+        if req.partition_count == 0 {
+            return Err(Status::invalid_argument("partition_count must be > 0"));
+        }
+        if let Some(p) = req.partitions.iter().find(|p| **p >= req.partition_count) {
+            return Err(Status::invalid_argument(format!("partition {p} >= partition_count")));
+        }
+        s.leader_only()?;
+        let deadline = Instant::now() + s.limits.request_timeout();
+        match tokio::time::timeout(deadline - Instant::now(), s.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Status::unavailable(format!("cannot serve a consistent listing: {e}"))),
+            Err(_) => return Err(Status::unavailable("could not confirm leadership in time")),
+        }
+        let wanted: std::collections::HashSet<u32> = req.partitions.iter().copied().collect();
+        let limit = req.limit.clamp(1, 10_000) as usize;
+        // Scan at most this many keys per call, matching or not, so one page
+        // costs bounded time whatever the partitions hold.
+        let scan_budget = limit.saturating_mul(64).max(4096);
+        let mut start = req.after_key.clone();
+        let mut skip_first = req.has_after;
+        let mut entries = Vec::new();
+        let mut scanned = 0usize;
+        let mut last_key = req.after_key.clone();
+        let mut done = false;
+        while entries.len() < limit && scanned < scan_budget {
+            let page = s.engine.scan(&start, 512).map_err(|e| Status::internal(e.to_string()))?;
+            if page.is_empty() || (skip_first && page.len() == 1 && page[0].0 == start) {
+                done = true;
+                break;
+            }
+            for (k, v) in page.iter() {
+                if skip_first && *k == start {
+                    continue;
+                }
+                scanned += 1;
+                last_key = k.clone();
+                if wanted.contains(&ravel_proto::partition_of(k, req.partition_count)) {
+                    entries.push(KeyValue { key: k.clone(), value: v.clone() });
+                    if entries.len() >= limit {
+                        break;
+                    }
+                }
+                if scanned >= scan_budget {
+                    break;
+                }
+            }
+            start = last_key.clone();
+            skip_first = true;
+        }
+        Ok(Response::new(ListPartitionsResponse {
+            entries,
+            done,
+            last_key,
+        }))
+    }
+
+    async fn set_if_absent(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
+        let kv = request.into_inner();
+        self.state.check_sizes(&kv.key, &kv.value)?;
+        let applied = self
+            .state
+            .conditional(Command::SetIfAbsent {
+                key: kv.key,
+                value: kv.value,
+            })
+            .await?;
+        Ok(Response::new(Applied { applied }))
+    }
+
+    async fn delete_if_equal(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
+        let kv = request.into_inner();
+        self.state.check_sizes(&kv.key, &kv.value)?;
+        let applied = self
+            .state
+            .conditional(Command::DeleteIfEqual {
+                key: kv.key,
+                value: kv.value,
+            })
+            .await?;
+        Ok(Response::new(Applied { applied }))
+    }
+}
+
+impl NodeState {
+    /// The Ravel-specific RPCs are served by the leader only; callers (the
+    /// admin) find the leader themselves.
+    fn leader_only(&self) -> Result<(), Status> {
+        match self.leadership() {
+            Leadership::Local => Ok(()),
+            other => Err(self.not_leader(&other)),
+        }
+    }
+
+    fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "key is {} bytes; the limit is {}",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        if value.len() > self.limits.max_value_bytes {
+            return Err(Status::invalid_argument(format!(
+                "value is {} bytes; the limit is {}",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    async fn conditional(&self, cmd: Command) -> Result<bool, Status> {
+        self.leader_only()?;
+        let timeout = self.limits.request_timeout();
+        match tokio::time::timeout(timeout, self.batcher.submit(cmd)).await {
+            Err(_) => Err(Status::deadline_exceeded("not committed within the request deadline")),
+            Ok(Ok(CommandResult::Applied(a))) => Ok(a),
+            Ok(Ok(other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
+            Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
+        }
     }
 }

@@ -165,6 +165,12 @@ impl Engine {
         Ok(engine)
     }
 
+    /// How many handles share this database. The directory stays locked
+    /// until the last one is dropped.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// The directory this engine lives in.
     pub fn path(&self) -> &Path {
         &self.inner.path

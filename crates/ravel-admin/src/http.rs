@@ -1,0 +1,214 @@
+//! The user-facing HTTP API.
+//!
+//! Compatible endpoints (wire-protocol.md §4), all `POST` with JSON bodies:
+//! `/put` `{"key", "val"|"value"}`, `/get` `{"key"}`, `/delete` `{"key"}`.
+//! Clean endpoints: `PUT`/`GET`/`DELETE /v1/kv/{key}` (the body of a `PUT`
+//! is the JSON value) and `GET /v1/cluster`.
+//!
+//! Values keep their JSON type: the admin stores the JSON text itself.
+//! Errors are `{"error": "..."}` with 400 (bad JSON, missing key), 404
+//! (missing), 413 (too large), 503 (no cluster or no leader in time).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router as HttpRouter};
+use serde_json::{json, Value};
+
+use crate::kv::{Kv, KvError};
+use crate::registry::Registry;
+
+/// Size limits the admin enforces before a request reaches a node.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+pub struct HttpState {
+    pub kv: Kv,
+    pub registry: Arc<Registry>,
+    pub ring: crate::ring::RingConfig,
+    pub limits: HttpLimits,
+}
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<KvError> for ApiError {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+            KvError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            KvError::Internal(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+pub fn router(state: Arc<HttpState>) -> HttpRouter {
+    // Room for the largest value as JSON plus the envelope.
+    let body_limit = state.limits.max_value_bytes * 2 + state.limits.max_key_bytes * 2 + 4096;
+    HttpRouter::new()
+        .route("/put", post(put_compat))
+        .route("/get", post(get_compat))
+        .route("/delete", post(delete_compat))
+        .route("/v1/kv/{key}", get(get_v1).put(put_v1).delete(delete_v1))
+        .route("/v1/cluster", get(cluster))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad("the body must be a JSON object")),
+        Err(e) => Err(bad(format!("invalid JSON: {e}"))),
+    }
+}
+
+fn key_of(body: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
+    match body.get("key") {
+        Some(Value::String(k)) if !k.is_empty() => Ok(k.clone()),
+        Some(Value::String(_)) => Err(bad("\"key\" must not be empty")),
+        Some(_) => Err(bad("\"key\" must be a string")),
+        None => Err(bad("missing \"key\"")),
+    }
+}
+
+impl HttpState {
+    fn check_key(&self, key: &str) -> Result<(), ApiError> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("key is {} bytes; the limit is {}", key.len(), self.limits.max_key_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, value: &Value) -> Result<(), ApiError> {
+        self.check_key(key)?;
+        let bytes = serde_json::to_vec(value).map_err(|e| bad(e.to_string()))?;
+        if bytes.len() > self.limits.max_value_bytes {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("value is {} bytes; the limit is {}", bytes.len(), self.limits.max_value_bytes),
+            ));
+        }
+        self.kv.put(key.as_bytes(), &bytes).await?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Value, ApiError> {
+        self.check_key(key)?;
+        match self.kv.get(key.as_bytes()).await? {
+            None => Err(ApiError(StatusCode::NOT_FOUND, format!("key {key:?} not found"))),
+            // Written by another client as raw bytes: give it back as text.
+            Some(bytes) => Ok(serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ApiError> {
+        self.check_key(key)?;
+        self.kv.delete(key.as_bytes()).await?;
+        Ok(())
+    }
+}
+
+fn ok() -> Json<Value> {
+    Json(json!({ "msg": "ok" }))
+}
+
+async fn put_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let b = parse_body(&body)?;
+    let key = key_of(&b)?;
+    // Existing clients send "value" as well as "val".
+    let value = b.get("val").or_else(|| b.get("value")).ok_or_else(|| bad("missing \"val\""))?;
+    s.put(&key, value).await?;
+    Ok(ok())
+}
+
+async fn get_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let key = key_of(&parse_body(&body)?)?;
+    let val = s.get(&key).await?;
+    Ok(Json(json!({ "key": key, "val": val })))
+}
+
+async fn delete_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let key = key_of(&parse_body(&body)?)?;
+    s.delete(&key).await?;
+    Ok(ok())
+}
+
+async fn put_v1(State(s): State<Arc<HttpState>>, Path(key): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON value: {e}")))?;
+    s.put(&key, &value).await?;
+    Ok(ok())
+}
+
+async fn get_v1(State(s): State<Arc<HttpState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+    let val = s.get(&key).await?;
+    Ok(Json(json!({ "key": key, "val": val })))
+}
+
+async fn delete_v1(State(s): State<Arc<HttpState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.delete(&key).await?;
+    Ok(ok())
+}
+
+async fn cluster(State(s): State<Arc<HttpState>>) -> Json<Value> {
+    let state = s.registry.snapshot();
+    let owners = s.ring.owners(&state.ring.members);
+    let clusters: Vec<Value> = state
+        .clusters
+        .values()
+        .map(|c| {
+            let leader = c.leader_member().map(|(id, m)| json!({ "node_id": id, "grpc_address": m.grpc_address }));
+            json!({
+                "cluster_id": c.id,
+                "ready": c.ready,
+                "draining": state.ring.draining.contains(&c.id),
+                "leader": leader,
+                "members": c.members.iter().map(|(id, m)| json!({
+                    "node_id": id,
+                    "grpc_address": m.grpc_address,
+                    "raft_address": m.raft_address,
+                })).collect::<Vec<_>>(),
+                "partitions": owners.iter().filter(|o| **o == c.id).count(),
+            })
+        })
+        .collect();
+    let relocation = state.ring.relocation.as_ref().map(|r| {
+        json!({
+            "id": r.id,
+            "from": r.from_members,
+            "to": r.to_members,
+            "partitions_total": r.total_partitions,
+            "partitions_pending": r.pending.len(),
+            "moved_keys": r.moved_keys,
+        })
+    });
+    Json(json!({
+        "partitions": s.ring.partitions,
+        "load_factor": s.ring.load,
+        "ring": state.ring.members,
+        "clusters": clusters,
+        "relocation": relocation,
+        "relocations_done": state.ring.relocations_done,
+        "moved_keys_total": state.ring.moved_keys_total,
+    }))
+}

@@ -1,0 +1,125 @@
+//! User-facing key-value operations over the clusters, correct while
+//! partitions move (design.md, "Relocation without losing writes"):
+//!
+//! - writes go to the key's new owner at once;
+//! - a delete of a moving key leaves a tombstone on the new owner, so the
+//!   mover's copy-if-absent cannot bring the old value back, and also
+//!   deletes the old copy;
+//! - reads ask the new owner, then the previous owner, then the new owner
+//!   again (a key moved between the first two reads is found by the third);
+//! - requests hold the routing gate for reading; a ring change takes it for
+//!   writing, so no request routed by the old ring is still in flight once
+//!   the change is visible.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::router::{CallError, Router};
+
+/// Marks a key deleted on a partition's new owner while the partition
+/// moves. Not valid JSON (the admin stores JSON values), so it cannot be a
+/// user's value; removed once the move is over.
+pub const TOMBSTONE: &[u8] = b"\0ravel:tombstone\0";
+
+#[derive(Debug)]
+pub enum KvError {
+    /// No cluster serves yet, or none answered in time.
+    Unavailable(String),
+    /// The node refused the request (bad input).
+    Invalid(String),
+    Internal(String),
+}
+
+impl From<CallError> for KvError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unavailable(m) => KvError::Unavailable(m),
+            CallError::Status(s) if s.code() == Code::InvalidArgument => KvError::Invalid(s.message().to_string()),
+            CallError::Status(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+                KvError::Unavailable(s.message().to_string())
+            }
+            CallError::Status(s) => KvError::Internal(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+pub struct Kv {
+    router: Arc<Router>,
+    /// Held for reading by every request, for writing by ring changes.
+    pub gate: Arc<RwLock<()>>,
+    timeout: Duration,
+}
+
+fn not_found(e: &CallError) -> bool {
+    matches!(e, CallError::Status(s) if s.code() == Code::NotFound)
+}
+
+impl Kv {
+    pub fn new(router: Arc<Router>, gate: Arc<RwLock<()>>, timeout: Duration) -> Self {
+        Self { router, gate, timeout }
+    }
+
+    fn route(&self, key: &[u8]) -> Result<crate::router::Route, KvError> {
+        self.router
+            .route(key)
+            .ok_or_else(|| KvError::Unavailable("no cluster is serving yet".into()))
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        let _g = self.gate.read().await;
+        let deadline = Instant::now() + self.timeout;
+        let r = self.route(key)?;
+        self.router.run(&r.owner, "set", key, value, deadline).await?;
+        Ok(())
+    }
+
+    /// The value of `key`, `None` if absent.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let _g = self.gate.read().await;
+        let deadline = Instant::now() + self.timeout;
+        let r = self.route(key)?;
+        let first = self.router.run(&r.owner, "get", key, b"", deadline).await;
+        match first {
+            Ok(v) => return Ok(live(v)),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let Some(prev) = r.previous else {
+            return Ok(None);
+        };
+        match self.router.run(&prev, "get", key, b"", deadline).await {
+            Ok(v) => return Ok(live(v)),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match self.router.run(&r.owner, "get", key, b"", deadline).await {
+            Ok(v) => Ok(live(v)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<(), KvError> {
+        let _g = self.gate.read().await;
+        let deadline = Instant::now() + self.timeout;
+        let r = self.route(key)?;
+        match r.previous {
+            None => {
+                self.router.run(&r.owner, "delete", key, b"", deadline).await?;
+            }
+            Some(prev) => {
+                self.router.run(&r.owner, "set", key, TOMBSTONE, deadline).await?;
+                self.router.run(&prev, "delete", key, b"", deadline).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn live(v: Vec<u8>) -> Option<Vec<u8>> {
+    (v != TOMBSTONE).then_some(v)
+}

@@ -1,0 +1,271 @@
+//! Relocation: planning a ring change and moving the keys of every
+//! partition that changed owner, while reads and writes go on.
+//!
+//! Per key, in this order: copy to the new owner only if absent there
+//! (`SetIfAbsent`: a newer write or a tombstone wins), then delete from the
+//! old owner only if it still holds the copied value (`DeleteIfEqual`). Both
+//! steps are idempotent, so a move interrupted anywhere (admin killed) is
+//! resumed from the persisted cursor without loss or resurrection. When a
+//! source→destination pair is done its partitions stop being "moving", and
+//! the tombstones left on the destination are removed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ravel_proto::ext::{KeyValue, ListPartitionsRequest};
+use tokio::sync::{Notify, RwLock};
+use tokio::time::Instant;
+
+use crate::kv::TOMBSTONE;
+use crate::registry::{PartitionMove, Registry, RegistryError, Relocation};
+use crate::router::{CallError, Router};
+
+/// Entries fetched per listing page.
+const PAGE: u32 = 256;
+/// Deadline of one step of the mover (a page, a copy); a failed step is
+/// retried after a pause, forever: progress is persisted.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts a relocation if the desired ring differs from the current one and
+/// none is running. Takes the routing gate for writing while it switches,
+/// so no request routed by the old ring is still in flight afterwards.
+pub async fn plan(registry: &Registry, router: &Router, gate: &RwLock<()>) -> Result<bool, RegistryError> {
+    let _g = gate.write().await;
+    registry.update(|s| {
+        if s.ring.relocation.is_some() {
+            return false;
+        }
+        let mut desired = s.desired_members();
+        desired.sort();
+        let mut current = s.ring.members.clone();
+        current.sort();
+        if desired == current {
+            return false;
+        }
+        let old = router.ring().owners(&current);
+        let new = router.ring().owners(&desired);
+        let pending: BTreeMap<u32, PartitionMove> = if old.is_empty() {
+            BTreeMap::new() // the first cluster: nothing to move
+        } else {
+            (0..router.ring().partitions)
+                .filter_map(|p| {
+                    let (o, n) = (&old[p as usize], new.get(p as usize)?);
+                    (o != n).then(|| {
+                        (
+                            p,
+                            PartitionMove {
+                                from: o.clone(),
+                                to: n.clone(),
+                            },
+                        )
+                    })
+                })
+                .collect()
+        };
+        tracing::info!(from = ?current, to = ?desired, partitions = pending.len(), "ring change planned");
+        s.ring.members = desired.clone();
+        s.ring.generation += 1;
+        if !pending.is_empty() {
+            s.ring.relocation = Some(Relocation {
+                id: s.ring.generation,
+                from_members: current,
+                to_members: desired,
+                total_partitions: pending.len() as u32,
+                pending,
+                cursors: BTreeMap::new(),
+                moved_keys: 0,
+            });
+        }
+        true
+    })
+}
+
+/// The mover: runs relocations until told to stop (the task is aborted on
+/// shutdown; every step is persisted, so that is safe).
+pub async fn run_mover(registry: Arc<Registry>, router: Arc<Router>, gate: Arc<RwLock<()>>, wake: Arc<Notify>) {
+    loop {
+        let reloc = registry.snapshot().ring.relocation;
+        match reloc {
+            None => {
+                match plan(&registry, &router, &gate).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "planning a relocation"),
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            }
+            Some(r) => {
+                if let Err(e) = move_one_pair(&registry, &router, &gate, &r).await {
+                    tracing::warn!(error = %e, relocation = r.id, "relocation step failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+fn pair_key(from: &str, to: &str) -> String {
+    format!("{from}->{to}")
+}
+
+fn step_err(e: CallError) -> String {
+    match e {
+        CallError::Unavailable(m) => m,
+        CallError::Status(s) => format!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+/// Moves every pending partition of the first source→destination pair of
+/// `r`, then retires those partitions (and the whole relocation when none
+/// are left).
+async fn move_one_pair(registry: &Registry, router: &Router, gate: &RwLock<()>, r: &Relocation) -> Result<(), String> {
+    let Some(first) = r.pending.values().next() else {
+        finish(registry, gate, r.id).await.map_err(|e| e.to_string())?;
+        return Ok(());
+    };
+    let (from, to) = (first.from.clone(), first.to.clone());
+    let partitions: Vec<u32> = r
+        .pending
+        .iter()
+        .filter(|(_, m)| m.from == from && m.to == to)
+        .map(|(p, _)| *p)
+        .collect();
+    let key = pair_key(&from, &to);
+    let mut cursor = r.cursors.get(&key).cloned();
+    tracing::info!(relocation = r.id, %from, %to, partitions = partitions.len(), resume = cursor.is_some(), "moving partitions");
+    let count = router.ring().partitions;
+    loop {
+        let page = list(router, &from, count, &partitions, cursor.clone()).await?;
+        let (from_ref, to_ref) = (&from, &to);
+        let moves = page.entries.into_iter().filter(|e| e.value != TOMBSTONE).map(|e| async move {
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            cond(router, to_ref, true, &e, deadline).await?;
+            cond(router, from_ref, false, &e, deadline).await
+        });
+        let results = join_all(moves).await;
+        let moved = results.len() as u64;
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(e);
+        }
+        cursor = Some(page.last_key.clone());
+        registry
+            .update(|s| {
+                if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == r.id) {
+                    rel.cursors.insert(key.clone(), page.last_key.clone());
+                    rel.moved_keys += moved;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if page.done {
+            break;
+        }
+    }
+    // The pair is done: its partitions are served by the destination alone.
+    {
+        let _g = gate.write().await;
+        registry
+            .update(|s| {
+                if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == r.id) {
+                    for p in &partitions {
+                        rel.pending.remove(p);
+                    }
+                    rel.cursors.remove(&key);
+                    s.ring.generation += 1;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    remove_tombstones(router, &to, count, &partitions).await?;
+    let progress = registry.snapshot().ring.relocation.map(|x| (x.total_partitions as usize - x.pending.len(), x.total_partitions, x.moved_keys));
+    if let Some((done, total, keys)) = progress {
+        tracing::info!(relocation = r.id, %from, %to, partitions_done = done, partitions_total = total, moved_keys = keys, "partitions moved");
+    }
+    Ok(())
+}
+
+async fn finish(registry: &Registry, gate: &RwLock<()>, id: u64) -> Result<(), RegistryError> {
+    let _g = gate.write().await;
+    registry.update(|s| {
+        if let Some(rel) = s.ring.relocation.take_if(|x| x.id == id) {
+            s.ring.moved_keys_total += rel.moved_keys;
+            s.ring.relocations_done += 1;
+            s.ring.generation += 1;
+            tracing::info!(relocation = id, moved_keys = rel.moved_keys, partitions = rel.total_partitions, "relocation finished");
+            // Draining clusters no longer own anything: forget them.
+            let gone: Vec<String> = s
+                .ring
+                .draining
+                .iter()
+                .filter(|c| !s.ring.members.contains(c))
+                .cloned()
+                .collect();
+            for c in gone {
+                if let Some(info) = s.clusters.get(&c) {
+                    tracing::info!(cluster = %c, replicas = info.members.len(), "drained cluster has no keys left");
+                }
+            }
+        }
+    })
+}
+
+async fn list(
+    router: &Router,
+    cluster: &str,
+    count: u32,
+    partitions: &[u32],
+    after: Option<Vec<u8>>,
+) -> Result<ravel_proto::ext::ListPartitionsResponse, String> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    router
+        .call(cluster, deadline, |ch, remaining| {
+            let mut req = tonic::Request::new(ListPartitionsRequest {
+                partition_count: count,
+                partitions: partitions.to_vec(),
+                has_after: after.is_some(),
+                after_key: after.clone().unwrap_or_default(),
+                limit: PAGE,
+            });
+            req.set_timeout(remaining);
+            async move { Router::ext(ch).list_partitions(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map_err(step_err)
+}
+
+/// `SetIfAbsent` (copy) or `DeleteIfEqual` (remove) of one entry.
+async fn cond(router: &Router, cluster: &str, copy: bool, e: &KeyValue, deadline: Instant) -> Result<bool, String> {
+    router
+        .call(cluster, deadline, |ch, remaining| {
+            let mut req = tonic::Request::new(e.clone());
+            req.set_timeout(remaining);
+            async move {
+                let mut c = Router::ext(ch);
+                let r = if copy { c.set_if_absent(req).await } else { c.delete_if_equal(req).await };
+                r.map(|r| r.into_inner().applied)
+            }
+        })
+        .await
+        .map_err(step_err)
+}
+
+async fn remove_tombstones(router: &Router, cluster: &str, count: u32, partitions: &[u32]) -> Result<(), String> {
+    let mut cursor = None;
+    loop {
+        let page = list(router, cluster, count, partitions, cursor).await?;
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let removals = page
+            .entries
+            .iter()
+            .filter(|e| e.value == TOMBSTONE)
+            .map(|e| cond(router, cluster, false, e, deadline));
+        for r in join_all(removals).await {
+            r?;
+        }
+        if page.done {
+            return Ok(());
+        }
+        cursor = Some(page.last_key);
+    }
+}

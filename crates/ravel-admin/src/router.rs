@@ -1,0 +1,215 @@
+//! Routing: from a key to the cluster that owns it, and from a cluster to
+//! its leader. A stale or dead leader is replaced by asking the replicas
+//! (`IsLeader`), within the request's deadline, with the one backoff policy.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ravel_proto::ext::ravel_node_ext_client::RavelNodeExtClient;
+use ravel_proto::node::ravel_node_client::RavelNodeClient;
+use ravel_proto::node::{Command, Void};
+use ravel_transport::retry::Backoff;
+use ravel_transport::ChannelPool;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::registry::Registry;
+use crate::ring::RingConfig;
+
+/// Where a key lives right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub partition: u32,
+    /// Owner under the current ring: all writes go here.
+    pub owner: String,
+    /// The previous owner while the partition is being moved: reads fall
+    /// back to it.
+    pub previous: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    generation: u64,
+    owners: Vec<String>,
+    moving: HashMap<u32, String>,
+}
+
+/// Routes keys and calls cluster leaders.
+pub struct Router {
+    registry: Arc<Registry>,
+    pool: ChannelPool,
+    ring: RingConfig,
+    table: Mutex<Arc<Table>>,
+    backoff: Backoff,
+}
+
+/// A cluster could not be reached within the deadline, or answered with a
+/// status that is final.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// No leader answered in time (or no cluster serves the key).
+    Unavailable(String),
+    /// The node answered with this status.
+    Status(Status),
+}
+
+impl Router {
+    pub fn new(registry: Arc<Registry>, pool: ChannelPool, ring: RingConfig) -> Self {
+        Self {
+            registry,
+            pool,
+            ring,
+            table: Mutex::new(Arc::new(Table {
+                generation: u64::MAX,
+                ..Default::default()
+            })),
+            backoff: Backoff::default(),
+        }
+    }
+
+    pub fn ring(&self) -> &RingConfig {
+        &self.ring
+    }
+
+    pub fn pool(&self) -> &ChannelPool {
+        &self.pool
+    }
+
+    fn table(&self) -> Arc<Table> {
+        let state = self.registry.snapshot();
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if t.generation != state.ring.generation {
+            let moving = state
+                .ring
+                .relocation
+                .as_ref()
+                .map(|r| r.pending.iter().map(|(p, m)| (*p, m.from.clone())).collect())
+                .unwrap_or_default();
+            *t = Arc::new(Table {
+                generation: state.ring.generation,
+                owners: self.ring.owners(&state.ring.members),
+                moving,
+            });
+        }
+        t.clone()
+    }
+
+    /// The route of `key`, or `None` when no cluster serves yet.
+    pub fn route(&self, key: &[u8]) -> Option<Route> {
+        let t = self.table();
+        let partition = ravel_proto::partition_of(key, self.ring.partitions);
+        let owner = t.owners.get(partition as usize)?.clone();
+        Some(Route {
+            partition,
+            previous: t.moving.get(&partition).cloned(),
+            owner,
+        })
+    }
+
+    /// The leader address the registry has for `cluster`.
+    fn known_leader(&self, cluster: &str) -> Option<String> {
+        let s = self.registry.snapshot();
+        s.clusters
+            .get(cluster)?
+            .leader_member()
+            .map(|(_, m)| m.grpc_address.clone())
+    }
+
+    /// Asks each replica of `cluster` whether it leads; records the answer.
+    async fn discover_leader(&self, cluster: &str) -> Option<String> {
+        let state = self.registry.snapshot();
+        let members = state.clusters.get(cluster)?.members.clone();
+        for (id, m) in members {
+            let Ok(ch) = self.pool.channel(&m.grpc_address) else { continue };
+            let mut req = tonic::Request::new(Void {});
+            req.set_timeout(Duration::from_millis(1500));
+            if let Ok(r) = RavelNodeClient::new(ch).is_leader(req).await {
+                if r.get_ref().leader {
+                    let _ = self.registry.update(|s| {
+                        if let Some(c) = s.clusters.get_mut(cluster) {
+                            c.leader = Some(id.clone());
+                        }
+                    });
+                    tracing::info!(%cluster, leader = %id, addr = %m.grpc_address, "found leader by asking the replicas");
+                    return Some(m.grpc_address);
+                }
+            }
+        }
+        None
+    }
+
+    /// Calls `f` on the leader of `cluster` until it answers or `deadline`
+    /// passes. Unavailability and "not the leader" are retried (following
+    /// the leader a node names, or asking the replicas); other statuses are
+    /// final.
+    pub async fn call<T, F, Fut>(&self, cluster: &str, deadline: Instant, mut f: F) -> Result<T, CallError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut attempt = 0;
+        let mut addr = self.known_leader(cluster);
+        let mut last = String::from("no leader known");
+        loop {
+            if addr.is_none() {
+                addr = self.discover_leader(cluster).await;
+            }
+            if let Some(a) = addr.clone() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let ch = self
+                    .pool
+                    .channel(&a)
+                    .map_err(|e| CallError::Unavailable(e.to_string()))?;
+                match tokio::time::timeout(remaining, f(ch, remaining)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(s)) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
+                        last = format!("{a}: {}", s.message());
+                        // A node that knows the leader says so.
+                        addr = s
+                            .metadata()
+                            .get("x-ravel-leader")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                            .filter(|l| *l != a);
+                    }
+                    Ok(Err(s)) => return Err(CallError::Status(s)),
+                    Err(_) => last = format!("{a}: no answer before the deadline"),
+                }
+            }
+            let pause = self.backoff.pause(attempt);
+            attempt += 1;
+            if Instant::now() + pause >= deadline {
+                return Err(CallError::Unavailable(format!(
+                    "cluster {cluster}: no leader answered within the deadline ({last})"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            if addr.is_none() {
+                addr = self.discover_leader(cluster).await.or_else(|| self.known_leader(cluster));
+            }
+        }
+    }
+
+    /// `Run` on the leader of `cluster`.
+    pub async fn run(&self, cluster: &str, op: &str, key: &[u8], value: &[u8], deadline: Instant) -> Result<Vec<u8>, CallError> {
+        self.call(cluster, deadline, |ch, remaining| {
+            let mut req = tonic::Request::new(Command {
+                operation: op.to_string(),
+                key: key.to_vec(),
+                value: value.to_vec(),
+            });
+            req.set_timeout(remaining);
+            async move { RavelNodeClient::new(ch).run(req).await.map(|r| r.into_inner().data) }
+        })
+        .await
+    }
+
+    /// A client for the Ravel-specific node service (callers go through
+    /// [`Router::call`]).
+    pub fn ext(ch: Channel) -> RavelNodeExtClient<Channel> {
+        RavelNodeExtClient::new(ch).max_decoding_message_size(64 << 20)
+    }
+}
