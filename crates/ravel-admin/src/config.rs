@@ -107,7 +107,7 @@ impl AdminConfig {
         if cfg.ring.partitions == 0 {
             return Err(ConfigError("field `ring.partitions`: must be > 0".into()));
         }
-        if !(cfg.ring.load >= 1.0) {
+        if cfg.ring.load.is_nan() || cfg.ring.load < 1.0 {
             return Err(ConfigError("field `ring.load`: must be >= 1.0".into()));
         }
         for (field, addr) in [("http_addr", &cfg.http_addr), ("grpc_addr", &cfg.grpc_addr)] {

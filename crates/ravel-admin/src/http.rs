@@ -31,6 +31,7 @@ pub struct HttpLimits {
 
 pub struct HttpState {
     pub kv: Kv,
+    pub pool: ravel_transport::ChannelPool,
     pub registry: Arc<Registry>,
     pub ring: crate::ring::RingConfig,
     pub limits: HttpLimits,
@@ -93,7 +94,11 @@ impl HttpState {
         if key.len() > self.limits.max_key_bytes {
             return Err(ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("key is {} bytes; the limit is {}", key.len(), self.limits.max_key_bytes),
+                format!(
+                    "key is {} bytes; the limit is {}",
+                    key.len(),
+                    self.limits.max_key_bytes
+                ),
             ));
         }
         Ok(())
@@ -105,7 +110,11 @@ impl HttpState {
         if bytes.len() > self.limits.max_value_bytes {
             return Err(ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("value is {} bytes; the limit is {}", bytes.len(), self.limits.max_value_bytes),
+                format!(
+                    "value is {} bytes; the limit is {}",
+                    bytes.len(),
+                    self.limits.max_value_bytes
+                ),
             ));
         }
         self.kv.put(key.as_bytes(), &bytes).await?;
@@ -115,7 +124,10 @@ impl HttpState {
     async fn get(&self, key: &str) -> Result<Value, ApiError> {
         self.check_key(key)?;
         match self.kv.get(key.as_bytes()).await? {
-            None => Err(ApiError(StatusCode::NOT_FOUND, format!("key {key:?} not found"))),
+            None => Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("key {key:?} not found"),
+            )),
             // Written by another client as raw bytes: give it back as text.
             Some(bytes) => Ok(serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))),
@@ -137,7 +149,10 @@ async fn put_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json
     let b = parse_body(&body)?;
     let key = key_of(&b)?;
     // Existing clients send "value" as well as "val".
-    let value = b.get("val").or_else(|| b.get("value")).ok_or_else(|| bad("missing \"val\""))?;
+    let value = b
+        .get("val")
+        .or_else(|| b.get("value"))
+        .ok_or_else(|| bad("missing \"val\""))?;
     s.put(&key, value).await?;
     Ok(ok())
 }
@@ -148,30 +163,72 @@ async fn get_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json
     Ok(Json(json!({ "key": key, "val": val })))
 }
 
-async fn delete_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn delete_compat(
+    State(s): State<Arc<HttpState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let key = key_of(&parse_body(&body)?)?;
     s.delete(&key).await?;
     Ok(ok())
 }
 
-async fn put_v1(State(s): State<Arc<HttpState>>, Path(key): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let value: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON value: {e}")))?;
+async fn put_v1(
+    State(s): State<Arc<HttpState>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON value: {e}")))?;
     s.put(&key, &value).await?;
     Ok(ok())
 }
 
-async fn get_v1(State(s): State<Arc<HttpState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_v1(
+    State(s): State<Arc<HttpState>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let val = s.get(&key).await?;
     Ok(Json(json!({ "key": key, "val": val })))
 }
 
-async fn delete_v1(State(s): State<Arc<HttpState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_v1(
+    State(s): State<Arc<HttpState>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     s.delete(&key).await?;
     Ok(ok())
 }
 
+/// Each replica's own view (term, log, applied index), asked with a short
+/// deadline; `None` for replicas that do not answer.
+async fn replica_status(s: &HttpState, addr: &str) -> Option<ravel_proto::ext::StatusResponse> {
+    let ch = s.pool.channel(addr).ok()?;
+    let mut req = tonic::Request::new(ravel_proto::ext::StatusRequest {});
+    req.set_timeout(std::time::Duration::from_millis(500));
+    let mut client = crate::router::Router::ext(ch);
+    match tokio::time::timeout(std::time::Duration::from_millis(600), client.status(req)).await {
+        Ok(Ok(r)) => Some(r.into_inner()),
+        _ => None,
+    }
+}
+
 async fn cluster(State(s): State<Arc<HttpState>>) -> Json<Value> {
     let state = s.registry.snapshot();
+    let addrs: Vec<String> = state
+        .clusters
+        .values()
+        .flat_map(|c| c.members.values().map(|m| m.grpc_address.clone()))
+        .collect();
+    let statuses: std::collections::HashMap<String, ravel_proto::ext::StatusResponse> =
+        futures::future::join_all(
+            addrs
+                .iter()
+                .map(|a| async { (a.clone(), replica_status(&s, a).await) }),
+        )
+        .await
+        .into_iter()
+        .filter_map(|(a, st)| st.map(|st| (a, st)))
+        .collect();
     let owners = s.ring.owners(&state.ring.members);
     let clusters: Vec<Value> = state
         .clusters
@@ -183,11 +240,23 @@ async fn cluster(State(s): State<Arc<HttpState>>) -> Json<Value> {
                 "ready": c.ready,
                 "draining": state.ring.draining.contains(&c.id),
                 "leader": leader,
-                "members": c.members.iter().map(|(id, m)| json!({
-                    "node_id": id,
-                    "grpc_address": m.grpc_address,
-                    "raft_address": m.raft_address,
-                })).collect::<Vec<_>>(),
+                "members": c.members.iter().map(|(id, m)| {
+                    let st = statuses.get(&m.grpc_address);
+                    let leader_applied = c
+                        .leader_member()
+                        .and_then(|(_, lm)| statuses.get(&lm.grpc_address))
+                        .map(|l| l.last_applied_index);
+                    json!({
+                        "node_id": id,
+                        "grpc_address": m.grpc_address,
+                        "raft_address": m.raft_address,
+                        "reachable": st.is_some(),
+                        "term": st.map(|x| x.term),
+                        "last_log_index": st.map(|x| x.last_log_index),
+                        "last_applied_index": st.map(|x| x.last_applied_index),
+                        "lag": st.zip(leader_applied).map(|(x, l)| l.saturating_sub(x.last_applied_index)),
+                    })
+                }).collect::<Vec<_>>(),
                 "partitions": owners.iter().filter(|o| **o == c.id).count(),
             })
         })

@@ -28,13 +28,24 @@ pub struct JsonResponse {
 }
 
 /// Sends `method path` with an optional raw body to `addr` (`host:port`).
-pub async fn request(addr: &str, method: &str, path: &str, body: Option<&[u8]>, timeout: Duration) -> Result<JsonResponse, ClientError> {
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<JsonResponse, ClientError> {
     tokio::time::timeout(timeout, send(addr, method, path, body))
         .await
         .map_err(|_| ClientError::Timeout(addr.to_string()))?
 }
 
-async fn send(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> Result<JsonResponse, ClientError> {
+async fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<JsonResponse, ClientError> {
     let connect = |source| ClientError::Connect {
         addr: addr.to_string(),
         source,
@@ -60,13 +71,17 @@ async fn send(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> Resu
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ClientError::Malformed(format!("status line {:?}", head.lines().next())))?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body)?;
     }
     let body = if body.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| ClientError::Malformed(format!("body is not JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Malformed(format!("body is not JSON: {e}")))?
     };
     Ok(JsonResponse { status, body })
 }

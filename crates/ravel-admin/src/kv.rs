@@ -38,8 +38,12 @@ impl From<CallError> for KvError {
     fn from(e: CallError) -> Self {
         match e {
             CallError::Unavailable(m) => KvError::Unavailable(m),
-            CallError::Status(s) if s.code() == Code::InvalidArgument => KvError::Invalid(s.message().to_string()),
-            CallError::Status(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+            CallError::Status(s) if s.code() == Code::InvalidArgument => {
+                KvError::Invalid(s.message().to_string())
+            }
+            CallError::Status(s)
+                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+            {
                 KvError::Unavailable(s.message().to_string())
             }
             CallError::Status(s) => KvError::Internal(format!("{:?}: {}", s.code(), s.message())),
@@ -60,7 +64,11 @@ fn not_found(e: &CallError) -> bool {
 
 impl Kv {
     pub fn new(router: Arc<Router>, gate: Arc<RwLock<()>>, timeout: Duration) -> Self {
-        Self { router, gate, timeout }
+        Self {
+            router,
+            gate,
+            timeout,
+        }
     }
 
     fn route(&self, key: &[u8]) -> Result<crate::router::Route, KvError> {
@@ -73,7 +81,9 @@ impl Kv {
         let _g = self.gate.read().await;
         let deadline = Instant::now() + self.timeout;
         let r = self.route(key)?;
-        self.router.run(&r.owner, "set", key, value, deadline).await?;
+        self.router
+            .run(&r.owner, "set", key, value, deadline)
+            .await?;
         Ok(())
     }
 
@@ -109,10 +119,14 @@ impl Kv {
         let r = self.route(key)?;
         match r.previous {
             None => {
-                self.router.run(&r.owner, "delete", key, b"", deadline).await?;
+                self.router
+                    .run(&r.owner, "delete", key, b"", deadline)
+                    .await?;
             }
             Some(prev) => {
-                self.router.run(&r.owner, "set", key, TOMBSTONE, deadline).await?;
+                self.router
+                    .run(&r.owner, "set", key, TOMBSTONE, deadline)
+                    .await?;
                 self.router.run(&prev, "delete", key, b"", deadline).await?;
             }
         }

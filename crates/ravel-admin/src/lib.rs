@@ -70,19 +70,29 @@ impl Admin {
     /// Opens the registry under `cfg.data_dir`, serves gRPC (on
     /// `grpc_listener` if given, else on `cfg.grpc_addr`) and HTTP, and
     /// resumes any relocation in progress.
-    pub async fn start(cfg: &AdminConfig, grpc_listener: Option<TcpListener>) -> Result<Admin, AdminError> {
+    pub async fn start(
+        cfg: &AdminConfig,
+        grpc_listener: Option<TcpListener>,
+    ) -> Result<Admin, AdminError> {
         let registry = Arc::new(Registry::open(&cfg.data_dir)?);
-        let router = Arc::new(Router::new(registry.clone(), ChannelPool::default(), cfg.ring));
+        let router = Arc::new(Router::new(
+            registry.clone(),
+            ChannelPool::default(),
+            cfg.ring,
+        ));
         let shared = Arc::new(Shared {
             registry: registry.clone(),
             router: router.clone(),
             gate: Arc::new(RwLock::new(())),
             wake: Arc::new(Notify::new()),
         });
-        let http_listener = TcpListener::bind(&cfg.http_addr).await.map_err(|source| AdminError::Bind {
-            addr: cfg.http_addr.clone(),
-            source,
-        })?;
+        let http_listener =
+            TcpListener::bind(&cfg.http_addr)
+                .await
+                .map_err(|source| AdminError::Bind {
+                    addr: cfg.http_addr.clone(),
+                    source,
+                })?;
         let http_addr = http_listener
             .local_addr()
             .map_err(|source| AdminError::Bind {
@@ -127,6 +137,7 @@ impl Admin {
         });
         let http_state = Arc::new(http::HttpState {
             kv: kv::Kv::new(router.clone(), shared.gate.clone(), cfg.request_timeout()),
+            pool: router.pool().clone(),
             registry: registry.clone(),
             ring: cfg.ring,
             limits: http::HttpLimits {
@@ -143,7 +154,10 @@ impl Admin {
                     }
                 }
             };
-            if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "admin HTTP server failed");
             }
         });

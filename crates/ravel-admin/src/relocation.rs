@@ -31,7 +31,11 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts a relocation if the desired ring differs from the current one and
 /// none is running. Takes the routing gate for writing while it switches,
 /// so no request routed by the old ring is still in flight afterwards.
-pub async fn plan(registry: &Registry, router: &Router, gate: &RwLock<()>) -> Result<bool, RegistryError> {
+pub async fn plan(
+    registry: &Registry,
+    router: &Router,
+    gate: &RwLock<()>,
+) -> Result<bool, RegistryError> {
     let _g = gate.write().await;
     registry.update(|s| {
         if s.ring.relocation.is_some() {
@@ -84,7 +88,12 @@ pub async fn plan(registry: &Registry, router: &Router, gate: &RwLock<()>) -> Re
 
 /// The mover: runs relocations until told to stop (the task is aborted on
 /// shutdown; every step is persisted, so that is safe).
-pub async fn run_mover(registry: Arc<Registry>, router: Arc<Router>, gate: Arc<RwLock<()>>, wake: Arc<Notify>) {
+pub async fn run_mover(
+    registry: Arc<Registry>,
+    router: Arc<Router>,
+    gate: Arc<RwLock<()>>,
+    wake: Arc<Notify>,
+) {
     loop {
         let reloc = registry.snapshot().ring.relocation;
         match reloc {
@@ -120,9 +129,16 @@ fn step_err(e: CallError) -> String {
 /// Moves every pending partition of the first source→destination pair of
 /// `r`, then retires those partitions (and the whole relocation when none
 /// are left).
-async fn move_one_pair(registry: &Registry, router: &Router, gate: &RwLock<()>, r: &Relocation) -> Result<(), String> {
+async fn move_one_pair(
+    registry: &Registry,
+    router: &Router,
+    gate: &RwLock<()>,
+    r: &Relocation,
+) -> Result<(), String> {
     let Some(first) = r.pending.values().next() else {
-        finish(registry, gate, r.id).await.map_err(|e| e.to_string())?;
+        finish(registry, gate, r.id)
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok(());
     };
     let (from, to) = (first.from.clone(), first.to.clone());
@@ -139,11 +155,15 @@ async fn move_one_pair(registry: &Registry, router: &Router, gate: &RwLock<()>, 
     loop {
         let page = list(router, &from, count, &partitions, cursor.clone()).await?;
         let (from_ref, to_ref) = (&from, &to);
-        let moves = page.entries.into_iter().filter(|e| e.value != TOMBSTONE).map(|e| async move {
-            let deadline = Instant::now() + STEP_TIMEOUT;
-            cond(router, to_ref, true, &e, deadline).await?;
-            cond(router, from_ref, false, &e, deadline).await
-        });
+        let moves = page
+            .entries
+            .into_iter()
+            .filter(|e| e.value != TOMBSTONE)
+            .map(|e| async move {
+                let deadline = Instant::now() + STEP_TIMEOUT;
+                cond(router, to_ref, true, &e, deadline).await?;
+                cond(router, from_ref, false, &e, deadline).await
+            });
         let results = join_all(moves).await;
         let moved = results.len() as u64;
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
@@ -178,7 +198,13 @@ async fn move_one_pair(registry: &Registry, router: &Router, gate: &RwLock<()>, 
             .map_err(|e| e.to_string())?;
     }
     remove_tombstones(router, &to, count, &partitions).await?;
-    let progress = registry.snapshot().ring.relocation.map(|x| (x.total_partitions as usize - x.pending.len(), x.total_partitions, x.moved_keys));
+    let progress = registry.snapshot().ring.relocation.map(|x| {
+        (
+            x.total_partitions as usize - x.pending.len(),
+            x.total_partitions,
+            x.moved_keys,
+        )
+    });
     if let Some((done, total, keys)) = progress {
         tracing::info!(relocation = r.id, %from, %to, partitions_done = done, partitions_total = total, moved_keys = keys, "partitions moved");
     }
@@ -228,21 +254,36 @@ async fn list(
                 limit: PAGE,
             });
             req.set_timeout(remaining);
-            async move { Router::ext(ch).list_partitions(req).await.map(|r| r.into_inner()) }
+            async move {
+                Router::ext(ch)
+                    .list_partitions(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
         .map_err(step_err)
 }
 
 /// `SetIfAbsent` (copy) or `DeleteIfEqual` (remove) of one entry.
-async fn cond(router: &Router, cluster: &str, copy: bool, e: &KeyValue, deadline: Instant) -> Result<bool, String> {
+async fn cond(
+    router: &Router,
+    cluster: &str,
+    copy: bool,
+    e: &KeyValue,
+    deadline: Instant,
+) -> Result<bool, String> {
     router
         .call(cluster, deadline, |ch, remaining| {
             let mut req = tonic::Request::new(e.clone());
             req.set_timeout(remaining);
             async move {
                 let mut c = Router::ext(ch);
-                let r = if copy { c.set_if_absent(req).await } else { c.delete_if_equal(req).await };
+                let r = if copy {
+                    c.set_if_absent(req).await
+                } else {
+                    c.delete_if_equal(req).await
+                };
                 r.map(|r| r.into_inner().applied)
             }
         })
@@ -250,7 +291,12 @@ async fn cond(router: &Router, cluster: &str, copy: bool, e: &KeyValue, deadline
         .map_err(step_err)
 }
 
-async fn remove_tombstones(router: &Router, cluster: &str, count: u32, partitions: &[u32]) -> Result<(), String> {
+async fn remove_tombstones(
+    router: &Router,
+    cluster: &str,
+    count: u32,
+    partitions: &[u32],
+) -> Result<(), String> {
     let mut cursor = None;
     loop {
         let page = list(router, cluster, count, partitions, cursor).await?;

@@ -135,7 +135,11 @@ mod tests {
         println!("adding a third cluster moves {moved} partitions (ideal {ideal:.0})");
         assert!((moved as f64) < ideal * 1.6, "{moved} partitions moved");
         assert!(
-            before.iter().zip(&after).filter(|(a, b)| a != b).all(|(_, b)| b == "cluster-3")
+            before
+                .iter()
+                .zip(&after)
+                .filter(|(a, b)| a != b)
+                .all(|(_, b)| b == "cluster-3")
                 || moved < 271 / 2,
             "partitions shuffled between old clusters"
         );

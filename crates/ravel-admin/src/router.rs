@@ -86,7 +86,12 @@ impl Router {
                 .ring
                 .relocation
                 .as_ref()
-                .map(|r| r.pending.iter().map(|(p, m)| (*p, m.from.clone())).collect())
+                .map(|r| {
+                    r.pending
+                        .iter()
+                        .map(|(p, m)| (*p, m.from.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             *t = Arc::new(Table {
                 generation: state.ring.generation,
@@ -123,7 +128,9 @@ impl Router {
         let state = self.registry.snapshot();
         let members = state.clusters.get(cluster)?.members.clone();
         for (id, m) in members {
-            let Ok(ch) = self.pool.channel(&m.grpc_address) else { continue };
+            let Ok(ch) = self.pool.channel(&m.grpc_address) else {
+                continue;
+            };
             let mut req = tonic::Request::new(Void {});
             req.set_timeout(Duration::from_millis(1500));
             if let Ok(r) = RavelNodeClient::new(ch).is_leader(req).await {
@@ -145,7 +152,12 @@ impl Router {
     /// passes. Unavailability and "not the leader" are retried (following
     /// the leader a node names, or asking the replicas); other statuses are
     /// final.
-    pub async fn call<T, F, Fut>(&self, cluster: &str, deadline: Instant, mut f: F) -> Result<T, CallError>
+    pub async fn call<T, F, Fut>(
+        &self,
+        cluster: &str,
+        deadline: Instant,
+        mut f: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -165,7 +177,12 @@ impl Router {
                     .map_err(|e| CallError::Unavailable(e.to_string()))?;
                 match tokio::time::timeout(remaining, f(ch, remaining)).await {
                     Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(s)) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
+                    Ok(Err(s))
+                        if matches!(
+                            s.code(),
+                            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                        ) =>
+                    {
                         last = format!("{a}: {}", s.message());
                         // A node that knows the leader says so.
                         addr = s
@@ -188,13 +205,23 @@ impl Router {
             }
             tokio::time::sleep(pause).await;
             if addr.is_none() {
-                addr = self.discover_leader(cluster).await.or_else(|| self.known_leader(cluster));
+                addr = self
+                    .discover_leader(cluster)
+                    .await
+                    .or_else(|| self.known_leader(cluster));
             }
         }
     }
 
     /// `Run` on the leader of `cluster`.
-    pub async fn run(&self, cluster: &str, op: &str, key: &[u8], value: &[u8], deadline: Instant) -> Result<Vec<u8>, CallError> {
+    pub async fn run(
+        &self,
+        cluster: &str,
+        op: &str,
+        key: &[u8],
+        value: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
         self.call(cluster, deadline, |ch, remaining| {
             let mut req = tonic::Request::new(Command {
                 operation: op.to_string(),
@@ -202,7 +229,12 @@ impl Router {
                 value: value.to_vec(),
             });
             req.set_timeout(remaining);
-            async move { RavelNodeClient::new(ch).run(req).await.map(|r| r.into_inner().data) }
+            async move {
+                RavelNodeClient::new(ch)
+                    .run(req)
+                    .await
+                    .map(|r| r.into_inner().data)
+            }
         })
         .await
     }

@@ -152,7 +152,10 @@ impl RavelClusterAdmin for AdminService {
         Ok(ok())
     }
 
-    async fn leave_cluster(&self, request: Request<Node>) -> Result<Response<AdminResponse>, Status> {
+    async fn leave_cluster(
+        &self,
+        request: Request<Node>,
+    ) -> Result<Response<AdminResponse>, Status> {
         let node = request.into_inner();
         if node.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id must not be empty"));
@@ -163,15 +166,19 @@ impl RavelClusterAdmin for AdminService {
         };
         let last = cluster.members.len() == 1;
         let on_ring = state.ring.members.contains(&cluster.id);
-        let moving = state
-            .ring
-            .relocation
-            .as_ref()
-            .is_some_and(|r| r.pending.values().any(|m| m.from == cluster.id || m.to == cluster.id));
+        let moving = state.ring.relocation.as_ref().is_some_and(|r| {
+            r.pending
+                .values()
+                .any(|m| m.from == cluster.id || m.to == cluster.id)
+        });
         if last && (on_ring || moving) {
             // The cluster's keys must live elsewhere before its last replica
             // (and with it the data) goes away.
-            let others = state.desired_members().into_iter().filter(|c| *c != cluster.id).count();
+            let others = state
+                .desired_members()
+                .into_iter()
+                .filter(|c| *c != cluster.id)
+                .count();
             if others == 0 {
                 return Err(Status::failed_precondition(format!(
                     "{} is the only cluster serving keys; its last replica cannot leave without losing them",
@@ -236,7 +243,8 @@ impl RavelClusterAdmin for AdminService {
         request: Request<Cluster>,
     ) -> Result<Response<AdminResponse>, Status> {
         let cluster = request.into_inner();
-        self.shared.registry
+        self.shared
+            .registry
             .update(|s| {
                 let c = s.clusters.get_mut(&cluster.cluster_id).ok_or_else(|| {
                     Status::not_found(format!("unknown cluster {:?}", cluster.cluster_id))
@@ -249,9 +257,13 @@ impl RavelClusterAdmin for AdminService {
             })
             .map_err(persist_status)??;
         // Put the cluster on the ring now; the mover moves its keys.
-        crate::relocation::plan(&self.shared.registry, &self.shared.router, &self.shared.gate)
-            .await
-            .map_err(persist_status)?;
+        crate::relocation::plan(
+            &self.shared.registry,
+            &self.shared.router,
+            &self.shared.gate,
+        )
+        .await
+        .map_err(persist_status)?;
         self.shared.wake.notify_one();
         Ok(ok())
     }

@@ -419,8 +419,14 @@ mod tests {
         let engine = Engine::open(dir.path().join("db")).unwrap();
         let mut sm = StateMachine::open(engine, dir.path().join("snap"), 1024).unwrap();
         let k = b"k".to_vec();
-        let set = |v: &[u8]| Command::SetIfAbsent { key: k.clone(), value: v.to_vec() };
-        let del = |v: &[u8]| Command::DeleteIfEqual { key: k.clone(), value: v.to_vec() };
+        let set = |v: &[u8]| Command::SetIfAbsent {
+            key: k.clone(),
+            value: v.to_vec(),
+        };
+        let del = |v: &[u8]| Command::DeleteIfEqual {
+            key: k.clone(),
+            value: v.to_vec(),
+        };
         let results = sm
             .apply([entry(
                 1,
@@ -431,10 +437,19 @@ mod tests {
         use CommandResult::Applied;
         assert_eq!(
             results,
-            vec![CommandResult::Batch(vec![Applied(true), Applied(false), Applied(false), Applied(true), Applied(true)])]
+            vec![CommandResult::Batch(vec![
+                Applied(true),
+                Applied(false),
+                Applied(false),
+                Applied(true),
+                Applied(true)
+            ])]
         );
         assert_eq!(sm.engine().get(b"k").unwrap().as_deref(), Some(&b"c"[..]));
-        let r = sm.apply([entry(2, del(b"c")), entry(3, del(b"c"))]).await.unwrap();
+        let r = sm
+            .apply([entry(2, del(b"c")), entry(3, del(b"c"))])
+            .await
+            .unwrap();
         assert_eq!(r, vec![Applied(true), Applied(false)]);
         assert_eq!(sm.engine().get(b"k").unwrap(), None);
     }

@@ -374,7 +374,8 @@ admin_addr = "127.0.0.1:7000"
     fn deploy_examples_load() {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
         for f in ["node.toml", "node-replica.toml"] {
-            NodeConfig::load(Some(&deploy.join(f)), &Overrides::default()).unwrap_or_else(|e| panic!("{f}: {e}"));
+            NodeConfig::load(Some(&deploy.join(f)), &Overrides::default())
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }
 

@@ -421,7 +421,10 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.engine.handle_count() > 1 {
-            tracing::warn!(handles = self.engine.handle_count(), "database still in use after shutdown");
+            tracing::warn!(
+                handles = self.engine.handle_count(),
+                "database still in use after shutdown"
+            );
         }
     }
 }

@@ -16,7 +16,9 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use ravel_consensus::types::{NodeId, Raft};
 use ravel_consensus::{Command, CommandResult, Engine};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
-use ravel_proto::ext::{Applied, KeyValue, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse};
+use ravel_proto::ext::{
+    Applied, KeyValue, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
+};
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::ravel_node_server::RavelNode;
 use ravel_proto::node::{Boolean, Node, Response as RunResponse, Void};
@@ -352,7 +354,10 @@ impl NodeState {
                 // The last replica: the group cannot shrink to nothing. The
                 // cluster is being decommissioned; the admin moves its keys
                 // away (LeaveCluster) before the replica's data is deleted.
-                tracing::info!(node = id, "leave: last replica of the cluster; membership unchanged");
+                tracing::info!(
+                    node = id,
+                    "leave: last replica of the cluster; membership unchanged"
+                );
                 return Ok(());
             }
             tracing::info!(node = id, "leave: removing voter");
@@ -533,13 +538,19 @@ impl RavelNodeExt for NodeService {
             return Err(Status::invalid_argument("partition_count must be > 0"));
         }
         if let Some(p) = req.partitions.iter().find(|p| **p >= req.partition_count) {
-            return Err(Status::invalid_argument(format!("partition {p} >= partition_count")));
+            return Err(Status::invalid_argument(format!(
+                "partition {p} >= partition_count"
+            )));
         }
         s.leader_only()?;
         let deadline = Instant::now() + s.limits.request_timeout();
         match tokio::time::timeout(deadline - Instant::now(), s.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Status::unavailable(format!("cannot serve a consistent listing: {e}"))),
+            Ok(Err(e)) => {
+                return Err(Status::unavailable(format!(
+                    "cannot serve a consistent listing: {e}"
+                )))
+            }
             Err(_) => return Err(Status::unavailable("could not confirm leadership in time")),
         }
         let wanted: std::collections::HashSet<u32> = req.partitions.iter().copied().collect();
@@ -554,7 +565,10 @@ impl RavelNodeExt for NodeService {
         let mut last_key = req.after_key.clone();
         let mut done = false;
         while entries.len() < limit && scanned < scan_budget {
-            let page = s.engine.scan(&start, 512).map_err(|e| Status::internal(e.to_string()))?;
+            let page = s
+                .engine
+                .scan(&start, 512)
+                .map_err(|e| Status::internal(e.to_string()))?;
             if page.is_empty() || (skip_first && page.len() == 1 && page[0].0 == start) {
                 done = true;
                 break;
@@ -566,7 +580,10 @@ impl RavelNodeExt for NodeService {
                 scanned += 1;
                 last_key = k.clone();
                 if wanted.contains(&ravel_proto::partition_of(k, req.partition_count)) {
-                    entries.push(KeyValue { key: k.clone(), value: v.clone() });
+                    entries.push(KeyValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
                     if entries.len() >= limit {
                         break;
                     }
@@ -598,7 +615,10 @@ impl RavelNodeExt for NodeService {
         Ok(Response::new(Applied { applied }))
     }
 
-    async fn delete_if_equal(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
+    async fn delete_if_equal(
+        &self,
+        request: Request<KeyValue>,
+    ) -> Result<Response<Applied>, Status> {
         let kv = request.into_inner();
         self.state.check_sizes(&kv.key, &kv.value)?;
         let applied = self
@@ -647,7 +667,9 @@ impl NodeState {
         self.leader_only()?;
         let timeout = self.limits.request_timeout();
         match tokio::time::timeout(timeout, self.batcher.submit(cmd)).await {
-            Err(_) => Err(Status::deadline_exceeded("not committed within the request deadline")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "not committed within the request deadline",
+            )),
             Ok(Ok(CommandResult::Applied(a))) => Ok(a),
             Ok(Ok(other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Ok(Err(e)) => Err(Status::unavailable(e.to_string())),

@@ -136,7 +136,9 @@ fn main() {
     let pre = median(raw_pre.clone());
     println!();
     println!("raw 4 KiB write + fdatasync, growing file:      median {grow:.0}/s (rounds: {raw_grow:.0?})");
-    println!("raw 4 KiB write + fdatasync, preallocated file: median {pre:.0}/s (rounds: {raw_pre:.0?})");
+    println!(
+        "raw 4 KiB write + fdatasync, preallocated file: median {pre:.0}/s (rounds: {raw_pre:.0?})"
+    );
     println!();
     println!("| entries per append | appends/s | entries/s | MB/s | appends/s ÷ raw (growing) | appends/s ÷ raw (preallocated) |");
     println!("|---:|---:|---:|---:|---:|---:|");

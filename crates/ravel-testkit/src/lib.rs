@@ -118,8 +118,14 @@ impl TestSystem {
         let root = tempfile::tempdir().expect("temp dir");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin_addr = listener.local_addr().expect("addr").to_string();
-        let mut admin_config = AdminConfig::new(root.path().join("admin"), admin_addr.clone(), "127.0.0.1:0".into());
-        let admin = Admin::start(&admin_config, Some(listener)).await.expect("start admin");
+        let mut admin_config = AdminConfig::new(
+            root.path().join("admin"),
+            admin_addr.clone(),
+            "127.0.0.1:0".into(),
+        );
+        let admin = Admin::start(&admin_config, Some(listener))
+            .await
+            .expect("start admin");
         // Restarts come back on the same HTTP port.
         admin_config.http_addr = admin.http_addr().to_string();
         let mut sys = TestSystem {
@@ -156,11 +162,22 @@ impl TestSystem {
     }
 
     /// A JSON request to the admin's HTTP API.
-    pub async fn http(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> ravel_admin::http_client::JsonResponse {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> ravel_admin::http_client::JsonResponse {
         let bytes = body.map(|b| serde_json::to_vec(&b).expect("json"));
-        ravel_admin::http_client::request(self.http_addr(), method, path, bytes.as_deref(), Duration::from_secs(15))
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        ravel_admin::http_client::request(
+            self.http_addr(),
+            method,
+            path,
+            bytes.as_deref(),
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn admin(&self) -> &Admin {

@@ -10,7 +10,13 @@ async fn concurrent_writes_share_entries_with_their_own_results() {
     let sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let before = sys.nodes[leader].node().raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let before = sys.nodes[leader]
+        .node()
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
 
     const N: usize = 300;
     // One HTTP/2 connection, many concurrent calls on it.
@@ -31,12 +37,24 @@ async fn concurrent_writes_share_entries_with_their_own_results() {
     for t in tasks {
         t.await.unwrap().expect("concurrent write");
     }
-    let after = sys.nodes[leader].node().raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let after = sys.nodes[leader]
+        .node()
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
     let entries = after - before;
     println!("batching: {N} concurrent writes took {entries} log entries");
-    assert!(entries < N as u64, "no batching: {entries} entries for {N} writes");
+    assert!(
+        entries < N as u64,
+        "no batching: {entries} entries for {N} writes"
+    );
     for k in (0..N).step_by(17) {
-        let r = sys.run(leader, "get", format!("c{k}").as_bytes(), b"").await.unwrap();
+        let r = sys
+            .run(leader, "get", format!("c{k}").as_bytes(), b"")
+            .await
+            .unwrap();
         assert_eq!(r.get_ref().data, format!("{k}").into_bytes());
     }
 

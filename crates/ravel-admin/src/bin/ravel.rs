@@ -1,0 +1,182 @@
+//! `ravel`: the command-line client of a Ravel system, talking to the
+//! admin's HTTP API.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ravel_admin::http_client::{request, JsonResponse};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "ravel",
+    version,
+    about = "Read and write a Ravel store; show its clusters"
+)]
+struct Cli {
+    /// The admin's HTTP address.
+    #[arg(
+        long,
+        env = "RAVEL_ADMIN_HTTP",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    admin: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Store VALUE under KEY. VALUE is JSON if it parses as JSON
+    /// (42, true, {"a":1}, "quoted"), otherwise a string.
+    Put { key: String, value: String },
+    /// Print the value of KEY as JSON.
+    Get { key: String },
+    /// Delete KEY.
+    Delete { key: String },
+    /// Clusters, leaders, members, replication lag and relocation progress.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ravel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn call(
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<JsonResponse, String> {
+    let bytes = body.map(|b| serde_json::to_vec(&b).expect("json"));
+    request(
+        admin,
+        method,
+        path,
+        bytes.as_deref(),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn fail(r: &JsonResponse) -> ExitCode {
+    let msg = r
+        .body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("unexpected response");
+    eprintln!("ravel: {} ({})", msg, r.status);
+    // 404 is an answer, not a failure of the tool: exit 1 like grep.
+    if r.status == 404 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let result = match &cli.cmd {
+        Cmd::Put { key, value } => {
+            let v: Value =
+                serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.clone()));
+            call(
+                &cli.admin,
+                "POST",
+                "/put",
+                Some(json!({"key": key, "val": v})),
+            )
+            .await
+        }
+        Cmd::Get { key } => call(&cli.admin, "POST", "/get", Some(json!({"key": key}))).await,
+        Cmd::Delete { key } => call(&cli.admin, "POST", "/delete", Some(json!({"key": key}))).await,
+        Cmd::Status { .. } => call(&cli.admin, "GET", "/v1/cluster", None).await,
+    };
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ravel: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if r.status != 200 {
+        return fail(&r);
+    }
+    match cli.cmd {
+        Cmd::Put { .. } | Cmd::Delete { .. } => println!("ok"),
+        Cmd::Get { .. } => println!("{}", r.body["val"]),
+        Cmd::Status { json: true } => println!(
+            "{}",
+            serde_json::to_string_pretty(&r.body).unwrap_or_default()
+        ),
+        Cmd::Status { json: false } => print_status(&r.body),
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_status(s: &Value) {
+    println!(
+        "ring: {} partitions over {} cluster(s), load factor {}",
+        s["partitions"],
+        s["ring"].as_array().map_or(0, Vec::len),
+        s["load_factor"]
+    );
+    match s["relocation"].as_object() {
+        Some(r) => println!(
+            "relocation #{}: {} of {} partitions pending, {} keys moved",
+            r["id"], r["partitions_pending"], r["partitions_total"], r["moved_keys"]
+        ),
+        None => println!(
+            "relocation: none in progress ({} done, {} keys moved in all)",
+            s["relocations_done"], s["moved_keys_total"]
+        ),
+    }
+    for c in s["clusters"].as_array().into_iter().flatten() {
+        let leader = c["leader"]["node_id"].as_str().unwrap_or("none");
+        let state = if c["draining"] == true {
+            "draining"
+        } else if c["ready"] == true {
+            "serving"
+        } else {
+            "starting"
+        };
+        println!(
+            "\n{}  {}  partitions={}  leader={}",
+            c["cluster_id"].as_str().unwrap_or("?"),
+            state,
+            c["partitions"],
+            leader
+        );
+        for m in c["members"].as_array().into_iter().flatten() {
+            let id = m["node_id"].as_str().unwrap_or("?");
+            let role = if id == leader { "leader " } else { "replica" };
+            let lag = match (m["reachable"].as_bool(), m["lag"].as_u64()) {
+                (Some(false), _) => "unreachable".to_string(),
+                (_, Some(l)) => format!("lag={l}"),
+                _ => "lag=?".to_string(),
+            };
+            println!(
+                "  {role} {id:>20}  {:<21}  applied={}  {lag}",
+                m["grpc_address"].as_str().unwrap_or("?"),
+                m["last_applied_index"]
+            );
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Relocation: clusters come and go while clients read and write; no
+//! acknowledged write is lost, no deleted key comes back, and only the keys
+//! of partitions that changed owner move.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use ravel_admin::http_client::request;
+use ravel_admin::ring::RingConfig;
+use ravel_testkit::{wait_for, TestSystem};
+use serde_json::{json, Value};
+
+/// What a writer last had acknowledged for a key: a value, or deleted.
+type Model = HashMap<String, Option<Value>>;
+
+async fn put(addr: &str, key: &str, val: &Value) -> bool {
+    let body = serde_json::to_vec(&json!({"key": key, "val": val})).unwrap();
+    matches!(request(addr, "POST", "/put", Some(&body), Duration::from_secs(10)).await, Ok(r) if r.status == 200)
+}
+
+async fn delete(addr: &str, key: &str) -> bool {
+    let body = serde_json::to_vec(&json!({"key": key})).unwrap();
+    matches!(request(addr, "POST", "/delete", Some(&body), Duration::from_secs(10)).await, Ok(r) if r.status == 200)
+}
+
+async fn preload(sys: &TestSystem, n: usize) -> Model {
+    let addr = sys.http_addr().to_string();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut m = Model::new();
+            for k in (w..n).step_by(8) {
+                let key = format!("key-{k}");
+                let v = json!({"k": k, "gen": 0});
+                assert!(put(&addr, &key, &v).await, "preload {key}");
+                m.insert(key, Some(v));
+            }
+            m
+        }));
+    }
+    let mut model = Model::new();
+    for t in tasks {
+        model.extend(t.await.unwrap());
+    }
+    model
+}
+
+/// Writers own disjoint keys (k % writers == w), so each key's last
+/// acknowledged operation is well defined. Returns their models.
+fn start_writers(
+    addr: String,
+    n: usize,
+    writers: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Model>> {
+    (0..writers)
+        .map(|w| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ w as u64);
+                let mut m = Model::new();
+                let mut gen = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = rng.random_range(0..n / writers) * writers + w;
+                    let key = format!("key-{k}");
+                    if rng.random_bool(0.2) {
+                        if delete(&addr, &key).await {
+                            m.insert(key, None);
+                        }
+                    } else {
+                        let v = json!({"k": k, "gen": gen, "w": w});
+                        gen += 1;
+                        if put(&addr, &key, &v).await {
+                            m.insert(key, Some(v));
+                        }
+                    }
+                }
+                m
+            })
+        })
+        .collect()
+}
+
+/// Every key reads back as the model says, and lives only on its owner.
+async fn verify(sys: &TestSystem, model: &Model) {
+    let members = sys.admin().registry().snapshot().ring.members;
+    let owners = RingConfig::default().owners(&members);
+    let mut wrong = Vec::new();
+    for (key, expected) in model {
+        let r = sys.http("POST", "/get", Some(json!({"key": key}))).await;
+        let got = match r.status {
+            200 => Some(r.body["val"].clone()),
+            404 => None,
+            s => panic!("get {key}: status {s} {:?}", r.body),
+        };
+        if &got != expected {
+            wrong.push(format!("{key}: expected {expected:?}, got {got:?}"));
+        }
+        let owner = &owners[ravel_proto::partition_of(key.as_bytes(), 271) as usize];
+        for n in sys.nodes.iter().filter(|n| n.is_running()) {
+            let held = n.node().local_get(key.as_bytes()).unwrap();
+            if &n.cluster_id != owner && held.is_some() {
+                wrong.push(format!("{key}: still on {} (owner {owner})", n.cluster_id));
+            }
+            if &n.cluster_id == owner && held.as_deref() == Some(ravel_admin::kv::TOMBSTONE) {
+                wrong.push(format!("{key}: tombstone left on {owner}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} keys wrong, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+async fn wait_relocations(sys: &TestSystem, done: u64) {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{done} relocations to finish"),
+        || {
+            let r = sys.admin().registry().snapshot().ring;
+            async move { (r.relocation.is_none() && r.relocations_done >= done).then_some(()) }
+        },
+    )
+    .await;
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("RAVEL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed: {seed} (replay with RAVEL_TEST_SEED={seed})");
+    seed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_cluster_added_while_writers_run() {
+    let seed = seed();
+    let mut sys = TestSystem::start(2, 1).await;
+    wait_relocations(&sys, 1).await; // the second cluster joined the ring
+    const N: usize = 3000;
+    let mut model = preload(&sys, N).await;
+    let before = sys.admin().registry().snapshot().ring.moved_keys_total;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(sys.http_addr().to_string(), N, 4, seed, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await; // writers under way
+    let third = sys.add_node(true).await;
+    let third_id = sys.nodes[third].cluster_id.clone();
+    wait_relocations(&sys, 2).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        model.extend(w.await.unwrap());
+    }
+
+    let ring = sys.admin().registry().snapshot().ring;
+    assert!(ring.members.contains(&third_id));
+    let moved = ring.moved_keys_total - before;
+    let expected = N as f64 / 3.0;
+    println!("relocation moved {moved} keys; expected share {expected:.0} (of {N})");
+    assert!(
+        (moved as f64 - expected).abs() <= expected * 0.25,
+        "moved {moved} keys, expected {expected:.0} ± 25%"
+    );
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_replica_leaving_moves_its_keys_away() {
+    let mut sys = TestSystem::start(3, 1).await;
+    wait_relocations(&sys, 2).await;
+    let model = preload(&sys, 1500).await;
+    let leaving = 2;
+    let cluster = sys.nodes[leaving].cluster_id.clone();
+    let identity = ravel_node::identity::Identity::load(&sys.nodes[leaving].config.data_dir)
+        .unwrap()
+        .unwrap();
+    // The kill flow: LeaveCluster answers only once the keys are elsewhere.
+    ravel_node::kill::leave_cluster(
+        &identity,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .expect("leave");
+    let reg = sys.admin().registry().snapshot();
+    assert!(
+        !reg.clusters.contains_key(&cluster),
+        "cluster still registered"
+    );
+    assert!(!reg.ring.members.contains(&cluster));
+    sys.crash(leaving).await;
+    std::fs::remove_dir_all(&sys.nodes[leaving].config.data_dir).unwrap();
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
+    let mut sys = TestSystem::start(2, 1).await;
+    wait_relocations(&sys, 1).await;
+    const N: usize = 4000;
+    let mut model = preload(&sys, N).await;
+    sys.add_node(true).await;
+    // Stop the admin once some, but not all, keys have moved.
+    wait_for(
+        Duration::from_secs(30),
+        "the relocation to be under way",
+        || {
+            let r = sys.admin().registry().snapshot().ring.relocation;
+            async move { r.filter(|r| r.moved_keys > 0).map(|_| ()) }
+        },
+    )
+    .await;
+    sys.stop_admin().await;
+    let on_disk = ravel_admin::registry::Registry::open(&sys.root().join("admin"))
+        .unwrap()
+        .snapshot();
+    let r = on_disk
+        .ring
+        .relocation
+        .expect("relocation persisted as in progress");
+    println!(
+        "admin stopped with {} of {} partitions pending, {} keys moved",
+        r.pending.len(),
+        r.total_partitions,
+        r.moved_keys
+    );
+    assert!(!r.pending.is_empty());
+
+    sys.restart_admin().await;
+    // Writes during the resumed move.
+    for k in (0..N).step_by(10) {
+        let key = format!("key-{k}");
+        let v = json!({"after": "restart", "k": k});
+        assert!(put(sys.http_addr(), &key, &v).await);
+        model.insert(key, Some(v));
+    }
+    wait_relocations(&sys, 2).await;
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}
