@@ -125,11 +125,8 @@ impl Admin {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
             let stop = async move {
-                while !*rx.borrow() {
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
+                // Also ends if the sender is gone.
+                let _ = rx.wait_for(|stop| *stop).await;
             };
             if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
                 tracing::error!(error = %e, "admin gRPC server failed");
@@ -148,11 +145,8 @@ impl Admin {
         let app = http::router(http_state);
         let http_task = tokio::spawn(async move {
             let stop = async move {
-                while !*http_rx.borrow() {
-                    if http_rx.changed().await.is_err() {
-                        break;
-                    }
-                }
+                // Also ends if the sender is gone.
+                let _ = http_rx.wait_for(|stop| *stop).await;
             };
             if let Err(e) = axum::serve(http_listener, app)
                 .with_graceful_shutdown(stop)

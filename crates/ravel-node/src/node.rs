@@ -498,11 +498,8 @@ async fn serve(
         .add_service(RavelNodeExtServer::new(service));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        // Also ends if the sender is gone.
+        let _ = shutdown.wait_for(|stop| *stop).await;
     };
     if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
         tracing::error!(error = %e, "gRPC server failed");

@@ -305,6 +305,35 @@ fn in_progress(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> bo
 }
 
 impl NodeState {
+    /// Join and Leave: run `local` on the leader, or forward to it.
+    async fn membership_call<L, F, Fut>(
+        &self,
+        forwarded: bool,
+        node: Node,
+        deadline: Instant,
+        local: L,
+        forward: F,
+    ) -> Result<Response<Void>, Status>
+    where
+        L: std::future::Future<Output = Result<(), Status>>,
+        F: FnOnce(RavelNodeClient<tonic::transport::Channel>, Request<Node>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Void>, Status>>,
+    {
+        match self.await_leader(deadline).await? {
+            Leadership::Local => {
+                local.await?;
+                let mut resp = Response::new(Void {});
+                set_leader(&mut resp, &self.advertised);
+                Ok(resp)
+            }
+            l @ Leadership::Remote { .. } if forwarded => Err(self.not_leader(&l)),
+            Leadership::Remote { id, addr } => {
+                self.forward(id, &addr, node, deadline, forward).await
+            }
+            Leadership::Unknown => unreachable!("await_leader returns a known leader"),
+        }
+    }
+
     /// Runs a membership change, waiting out a change already in progress.
     async fn change_membership(
         &self,
@@ -382,22 +411,15 @@ impl RavelNode for NodeService {
             return Err(Status::invalid_argument("grpc_address must not be empty"));
         }
         let deadline = Instant::now() + s.join_timeout;
-        match s.await_leader(deadline).await? {
-            Leadership::Local => {
-                s.join_local(id, node.grpc_address, deadline).await?;
-                let mut resp = Response::new(Void {});
-                set_leader(&mut resp, &s.advertised);
-                Ok(resp)
-            }
-            l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
-            Leadership::Remote { id: lid, addr } => {
-                s.forward(lid, &addr, node, deadline, |mut c, r| async move {
-                    c.join(r).await
-                })
-                .await
-            }
-            Leadership::Unknown => unreachable!("await_leader returns a known leader"),
-        }
+        let addr = node.grpc_address.clone();
+        s.membership_call(
+            forwarded,
+            node,
+            deadline,
+            s.join_local(id, addr, deadline),
+            |mut c, r| async move { c.join(r).await },
+        )
+        .await
     }
 
     async fn leave(&self, request: Request<Node>) -> Result<Response<Void>, Status> {
@@ -406,22 +428,14 @@ impl RavelNode for NodeService {
         let node = request.into_inner();
         let id = parse_node_id(&node)?;
         let deadline = Instant::now() + s.join_timeout;
-        match s.await_leader(deadline).await? {
-            Leadership::Local => {
-                s.leave_local(id, deadline).await?;
-                let mut resp = Response::new(Void {});
-                set_leader(&mut resp, &s.advertised);
-                Ok(resp)
-            }
-            l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
-            Leadership::Remote { id: lid, addr } => {
-                s.forward(lid, &addr, node, deadline, |mut c, r| async move {
-                    c.leave(r).await
-                })
-                .await
-            }
-            Leadership::Unknown => unreachable!("await_leader returns a known leader"),
-        }
+        s.membership_call(
+            forwarded,
+            node,
+            deadline,
+            s.leave_local(id, deadline),
+            |mut c, r| async move { c.leave(r).await },
+        )
+        .await
     }
 
     async fn run(
@@ -604,15 +618,12 @@ impl RavelNodeExt for NodeService {
 
     async fn set_if_absent(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
         let kv = request.into_inner();
-        self.state.check_sizes(&kv.key, &kv.value)?;
-        let applied = self
-            .state
+        self.state
             .conditional(Command::SetIfAbsent {
                 key: kv.key,
                 value: kv.value,
             })
-            .await?;
-        Ok(Response::new(Applied { applied }))
+            .await
     }
 
     async fn delete_if_equal(
@@ -620,15 +631,12 @@ impl RavelNodeExt for NodeService {
         request: Request<KeyValue>,
     ) -> Result<Response<Applied>, Status> {
         let kv = request.into_inner();
-        self.state.check_sizes(&kv.key, &kv.value)?;
-        let applied = self
-            .state
+        self.state
             .conditional(Command::DeleteIfEqual {
                 key: kv.key,
                 value: kv.value,
             })
-            .await?;
-        Ok(Response::new(Applied { applied }))
+            .await
     }
 }
 
@@ -663,14 +671,18 @@ impl NodeState {
         Ok(())
     }
 
-    async fn conditional(&self, cmd: Command) -> Result<bool, Status> {
+    /// `SetIfAbsent` / `DeleteIfEqual`: validated, replicated, applied.
+    async fn conditional(&self, cmd: Command) -> Result<Response<Applied>, Status> {
+        if let Command::SetIfAbsent { key, value } | Command::DeleteIfEqual { key, value } = &cmd {
+            self.check_sizes(key, value)?;
+        }
         self.leader_only()?;
         let timeout = self.limits.request_timeout();
         match tokio::time::timeout(timeout, self.batcher.submit(cmd)).await {
             Err(_) => Err(Status::deadline_exceeded(
                 "not committed within the request deadline",
             )),
-            Ok(Ok(CommandResult::Applied(a))) => Ok(a),
+            Ok(Ok(CommandResult::Applied(applied))) => Ok(Response::new(Applied { applied })),
             Ok(Ok(other)) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Ok(Err(e)) => Err(Status::unavailable(e.to_string())),
         }

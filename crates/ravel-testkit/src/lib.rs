@@ -235,6 +235,24 @@ impl TestSystem {
             .collect()
     }
 
+    /// A member of `cluster_id` other than `not` (e.g. a follower).
+    pub fn other_member(&self, cluster_id: &str, not: usize) -> usize {
+        self.members(cluster_id)
+            .into_iter()
+            .find(|&i| i != not)
+            .expect("the cluster has another member")
+    }
+
+    /// Whether node `i` holds, locally, every `(key, value)` of `expected`.
+    pub fn holds_all<'a>(
+        &self,
+        i: usize,
+        mut expected: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> bool {
+        let n = self.nodes[i].node();
+        expected.all(|(k, v)| n.local_get(k).ok().flatten().as_deref() == Some(v))
+    }
+
     /// Cluster ids in founding order.
     pub fn cluster_ids(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

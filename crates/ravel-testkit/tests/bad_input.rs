@@ -12,11 +12,7 @@ async fn rejected_requests_write_nothing() {
     let sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let follower = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let follower = sys.other_member(&cluster, leader);
     let limits = sys.settings.limits.clone();
 
     let big_key = vec![b'k'; limits.max_key_bytes + 1];
@@ -158,11 +154,7 @@ async fn join_and_leave_validate_and_are_idempotent() {
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
     }
     // A member joining again: existing nodes expect exactly this answer.
-    let member = &sys.nodes[sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap()];
+    let member = &sys.nodes[sys.other_member(&cluster, leader)];
     let err = c
         .join(Node {
             node_id: member.id.to_string(),

@@ -19,16 +19,18 @@ async fn write_range(sys: &TestSystem, via: usize, range: std::ops::Range<u32>) 
 }
 
 async fn wait_has_all(sys: &TestSystem, node: usize, range: std::ops::Range<u32>) {
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = range
+        .map(|k| (format!("k{k}").into_bytes(), format!("v{k}").into_bytes()))
+        .collect();
     wait_for(
         Duration::from_secs(20),
         &format!("node {node} to hold every key"),
         || {
-            let n = sys.nodes[node].node();
-            let all = range.clone().all(|k| {
-                n.local_get(format!("k{k}").as_bytes()).ok().flatten()
-                    == Some(format!("v{k}").into_bytes())
-            });
-            async move { all.then_some(()) }
+            let ok = sys.holds_all(
+                node,
+                expected.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            );
+            async move { ok.then_some(()) }
         },
     )
     .await;
@@ -39,11 +41,7 @@ async fn restarted_follower_catches_up_from_the_log() {
     let mut sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let follower = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let follower = sys.other_member(&cluster, leader);
     write_range(&sys, leader, 0..20).await;
     sys.crash(follower).await;
     write_range(&sys, leader, 20..80).await;
@@ -62,11 +60,7 @@ async fn follower_behind_purged_log_catches_up_by_snapshot() {
     let mut sys = TestSystem::start_with(1, 3, settings).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let follower = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let follower = sys.other_member(&cluster, leader);
     write_range(&sys, leader, 0..10).await;
     let behind = sys.nodes[follower]
         .node()

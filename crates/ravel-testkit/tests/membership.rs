@@ -65,11 +65,7 @@ async fn fourth_replica_joins_then_one_leaves_for_good() {
     assert_eq!(reg.clusters[&cluster].members.len(), 4);
 
     // Leave for good: a follower, through the kill flow.
-    let leaving = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let leaving = sys.other_member(&cluster, leader);
     let dir = sys.nodes[leaving].config.data_dir.clone();
     let identity = Identity::load(&dir).unwrap().unwrap();
     ravel_node::kill::leave_cluster(
@@ -116,11 +112,7 @@ async fn kill_removes_data_and_registration() {
     let mut sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let victim = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let victim = sys.other_member(&cluster, leader);
     let dir = sys.nodes[victim].config.data_dir.clone();
     // The in-process node is stopped first, as SIGTERM would stop a process.
     sys.crash(victim).await;

@@ -11,11 +11,7 @@ async fn follower_forwards_writes_and_names_the_leader() {
     let sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let follower = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let follower = sys.other_member(&cluster, leader);
     let resp = sys
         .run(follower, "set", b"fwd", b"yes")
         .await
@@ -103,11 +99,7 @@ async fn isolated_follower_cannot_write_and_converges_after_heal() {
     let sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let follower = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let follower = sys.other_member(&cluster, leader);
     sys.partition(&[follower]);
     assert!(
         sys.run(follower, "set", b"cut", b"1").await.is_err(),
@@ -146,11 +138,7 @@ async fn every_leadership_change_reaches_the_admin() {
             .borrow()
             .current_term;
         // Force an election on a follower.
-        let next = sys
-            .members(&cluster)
-            .into_iter()
-            .find(|&i| i != leader)
-            .unwrap();
+        let next = sys.other_member(&cluster, leader);
         sys.nodes[next]
             .node()
             .raft()

@@ -68,7 +68,7 @@ fn start_writers(
                 while !stop.load(Ordering::Relaxed) {
                     let k = rng.random_range(0..n / writers) * writers + w;
                     let key = format!("key-{k}");
-                    if rng.random_bool(0.2) {
+                    if rng.random_bool(0.1) {
                         if delete(&addr, &key).await {
                             m.insert(key, None);
                         }
