@@ -51,13 +51,17 @@ async fn send(
         source,
     };
     let mut stream = TcpStream::connect(addr).await.map_err(connect)?;
+    stream.set_nodelay(true).map_err(connect)?;
     let body = body.unwrap_or_default();
-    let head = format!(
+    let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes()).await.map_err(connect)?;
-    stream.write_all(body).await.map_err(connect)?;
+    )
+    .into_bytes();
+    // One write: headers and body in separate segments would wait on
+    // delayed ACKs.
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.map_err(connect)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.map_err(connect)?;
     let split = raw

@@ -122,7 +122,8 @@ impl Admin {
         let server = tonic::transport::Server::builder()
             .timeout(std::time::Duration::from_secs(30))
             .add_service(RavelClusterAdminServer::new(service));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let stop = async move {
                 // Also ends if the sender is gone.
@@ -148,6 +149,10 @@ impl Admin {
                 // Also ends if the sender is gone.
                 let _ = http_rx.wait_for(|stop| *stop).await;
             };
+            // Small JSON answers must not wait on delayed ACKs.
+            let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(http_listener, app)
                 .with_graceful_shutdown(stop)
                 .await

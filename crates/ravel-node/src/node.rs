@@ -496,7 +496,7 @@ async fn serve(
         .add_service(raft_service.into_server())
         .add_service(RavelNodeServer::new(service.clone()))
         .add_service(RavelNodeExtServer::new(service));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = async move {
         // Also ends if the sender is gone.
         let _ = shutdown.wait_for(|stop| *stop).await;
