@@ -81,6 +81,8 @@ impl RavelClusterAdmin for AdminService {
                 let target = s
                     .clusters
                     .values()
+                    // A cluster whose keys are moving away takes no replicas.
+                    .filter(|c| !s.ring.draining.contains(&c.id))
                     .min_by(|a, b| a.members.len().cmp(&b.members.len()).then(a.id.cmp(&b.id)))
                     .map(|c| c.id.clone());
                 match target {

@@ -371,6 +371,30 @@ admin_addr = "127.0.0.1:7000"
     }
 
     #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            &format!("{MINIMAL}\n[snapshot]\nchunk_timeout_ms = 1\n"),
+        );
+        // A key no other test looks at: tests share the process environment.
+        std::env::set_var("RAVEL_SNAPSHOT__CHUNK_TIMEOUT_MS", "4321");
+        std::env::set_var("RAVEL_ADMIN_ADDR", "127.0.0.1:7777");
+        std::env::set_var("RAVEL_CRASH_SEED", "not a node setting");
+        let o = Overrides {
+            admin_addr: Some("127.0.0.1:8888".into()),
+            ..Default::default()
+        };
+        let cfg = NodeConfig::load(Some(&p), &o);
+        std::env::remove_var("RAVEL_SNAPSHOT__CHUNK_TIMEOUT_MS");
+        std::env::remove_var("RAVEL_ADMIN_ADDR");
+        std::env::remove_var("RAVEL_CRASH_SEED");
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.snapshot.chunk_timeout_ms, 4321);
+        assert_eq!(cfg.admin_addr, "127.0.0.1:8888");
+    }
+
+    #[test]
     fn deploy_examples_load() {
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
         for f in ["node.toml", "node-replica.toml"] {

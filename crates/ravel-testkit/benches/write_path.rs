@@ -98,7 +98,11 @@ async fn phase(sys: &TestSystem, leader: usize, clients: usize, budget: Duration
 
 fn main() {
     let budget = Duration::from_secs_f64(seconds());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let sys = TestSystem::start(1, 3).await;
         let cluster = sys.cluster_ids()[0].clone();
