@@ -76,11 +76,18 @@ mod tests {
         assert_eq!(b.pause(1000), Duration::from_millis(100));
     }
 
-    #[tokio::test(start_paused = true)]
+    fn quick() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        }
+    }
+
+    #[tokio::test]
     async fn retries_until_deadline_then_returns_last_error() {
         let mut calls = 0;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let res: Result<(), _> = retry(&Backoff::default(), Some(deadline), || {
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let res: Result<(), _> = retry(&quick(), Some(deadline), || {
             calls += 1;
             async {
                 Err(TransportError::Unavailable {
@@ -95,10 +102,10 @@ mod tests {
         assert!(Instant::now() <= deadline);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn non_retryable_error_stops_at_once() {
         let mut calls = 0;
-        let res: Result<(), _> = retry(&Backoff::default(), None, || {
+        let res: Result<(), _> = retry(&quick(), None, || {
             calls += 1;
             async {
                 Err(TransportError::Status {
