@@ -114,35 +114,22 @@ impl NodeState {
     }
 
     fn validate(&self, cmd: &ravel_proto::node::Command) -> Result<Op, Status> {
-        let key = &cmd.key;
-        if key.is_empty() {
-            return Err(Status::invalid_argument("key must not be empty"));
-        }
-        if key.len() > self.limits.max_key_bytes {
-            return Err(Status::invalid_argument(format!(
-                "key is {} bytes; the limit is {}",
-                key.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        let key = key.clone();
+        // Only `set` carries a value; the others ignore the field.
+        let value: &[u8] = if cmd.operation == ops::SET {
+            &cmd.value
+        } else {
+            &[]
+        };
+        self.check_sizes(&cmd.key, value)?;
+        let key = cmd.key.clone();
         Ok(match cmd.operation.as_str() {
             ops::GET => Op::Get(key),
             ops::DELETE => Op::Write(Command::Delete { key }),
             ops::GET_AND_DELETE => Op::Write(Command::GetAndDelete { key }),
-            ops::SET => {
-                if cmd.value.len() > self.limits.max_value_bytes {
-                    return Err(Status::invalid_argument(format!(
-                        "value is {} bytes; the limit is {}",
-                        cmd.value.len(),
-                        self.limits.max_value_bytes
-                    )));
-                }
-                Op::Write(Command::Set {
-                    key,
-                    value: cmd.value.clone(),
-                })
-            }
+            ops::SET => Op::Write(Command::Set {
+                key,
+                value: cmd.value.clone(),
+            }),
             other => {
                 return Err(Status::invalid_argument(format!(
                     "unknown operation {other:?}; expected one of set, get, delete, getAndDelete"
