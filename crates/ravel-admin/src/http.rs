@@ -3,7 +3,8 @@
 //! Compatible endpoints (wire-protocol.md §4), all `POST` with JSON bodies:
 //! `/put` `{"key", "val"|"value"}`, `/get` `{"key"}`, `/delete` `{"key"}`.
 //! Clean endpoints: `PUT`/`GET`/`DELETE /v1/kv/{key}` (the body of a `PUT`
-//! is the JSON value) and `GET /v1/cluster`.
+//! is the JSON value) and `GET /v1/cluster`; `GET /healthz` (process up) and
+//! `GET /readyz` (a cluster serves keys) for orchestrators.
 //!
 //! Values keep their JSON type: the admin stores the JSON text itself.
 //! Errors are `{"error": "..."}` with 400 (bad JSON, missing key), 404
@@ -68,6 +69,8 @@ pub fn router(state: Arc<HttpState>) -> HttpRouter {
         .route("/delete", post(delete_compat))
         .route("/v1/kv/{key}", get(get_v1).put(put_v1).delete(delete_v1))
         .route("/v1/cluster", get(cluster))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -197,6 +200,25 @@ async fn delete_v1(
 ) -> Result<Json<Value>, ApiError> {
     s.delete(&key).await?;
     Ok(ok())
+}
+
+/// The admin process is up.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready to serve keys: at least one cluster is on the ring.
+async fn readyz(State(s): State<Arc<HttpState>>) -> Result<Json<Value>, ApiError> {
+    let ring = s.registry.snapshot().ring;
+    if ring.members.is_empty() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no cluster is serving yet".into(),
+        ));
+    }
+    Ok(Json(
+        json!({ "status": "ready", "clusters": ring.members.len(), "relocating": ring.relocation.is_some() }),
+    ))
 }
 
 /// Each replica's own view (term, log, applied index), asked with a short

@@ -141,6 +141,11 @@ async fn json_values_round_trip_and_errors_are_precise() {
         "an oversized value was stored"
     );
 
+    // Health and readiness.
+    assert_eq!(sys.http("GET", "/healthz", None).await.status, 200);
+    let r = sys.http("GET", "/readyz", None).await;
+    assert_eq!((r.status, r.body["clusters"].as_u64()), (200, Some(2)));
+
     // /v1/cluster describes the system.
     let r = sys.http("GET", "/v1/cluster", None).await;
     assert_eq!(r.status, 200);
