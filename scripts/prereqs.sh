@@ -8,6 +8,13 @@
 
 ravel_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# Some CI environments run without HOME; cargo, rustup and the cache below
+# need it.
+if [ -z "${HOME:-}" ]; then
+  HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
+  export HOME
+fi
+
 # One target directory outside the clone, reused by later runs on the same
 # machine: RocksDB's C++ takes minutes to compile and should not be rebuilt
 # for every fresh clone.
