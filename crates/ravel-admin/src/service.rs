@@ -71,31 +71,27 @@ impl RavelClusterAdmin for AdminService {
             .registry
             .update(|s| {
                 // A node that registers again (it crashed before it saved
-                // the answer) gets the same cluster.
-                if let Some(c) = s.cluster_of(&node.node_id) {
-                    let id = c.id.clone();
-                    let c = s.clusters.get_mut(&id).expect("found");
-                    c.members.insert(node.node_id.clone(), member);
-                    return Ok(cluster_reply(c));
-                }
-                let target = s
-                    .clusters
-                    .values()
-                    // A cluster whose keys are moving away takes no replicas.
-                    .filter(|c| !s.ring.draining.contains(&c.id))
-                    .min_by(|a, b| a.members.len().cmp(&b.members.len()).then(a.id.cmp(&b.id)))
-                    .map(|c| c.id.clone());
-                match target {
-                    None => Err(Status::failed_precondition(
+                // the answer) gets the same cluster; a new one the cluster
+                // with the fewest replicas.
+                let target = match s.cluster_of(&node.node_id) {
+                    Some(c) => Some(c.id.clone()),
+                    None => s
+                        .clusters
+                        .values()
+                        // A cluster whose keys are moving away takes no replicas.
+                        .filter(|c| !s.ring.draining.contains(&c.id))
+                        .min_by(|a, b| a.members.len().cmp(&b.members.len()).then(a.id.cmp(&b.id)))
+                        .map(|c| c.id.clone()),
+                };
+                let id = target.ok_or_else(|| {
+                    Status::failed_precondition(
                         "no cluster exists yet: start a node that founds one (--leader) first",
-                    )),
-                    Some(id) => {
-                        let c = s.clusters.get_mut(&id).expect("found");
-                        c.members.insert(node.node_id.clone(), member);
-                        tracing::info!(node = %node.node_id, cluster = %id, replicas = c.members.len(), "replica registered");
-                        Ok(cluster_reply(c))
-                    }
-                }
+                    )
+                })?;
+                let c = s.clusters.get_mut(&id).expect("found");
+                c.members.insert(node.node_id.clone(), member);
+                tracing::info!(node = %node.node_id, cluster = %id, replicas = c.members.len(), "replica registered");
+                Ok::<_, Status>(cluster_reply(c))
             })
             .map_err(persist_status)??;
         Ok(Response::new(reply))

@@ -41,6 +41,27 @@ impl Identity {
         dir.join(FILE)
     }
 
+    /// This node as the admin service describes nodes.
+    pub fn admin_node(&self) -> ravel_proto::admin::Node {
+        ravel_proto::admin::Node {
+            node_id: self.node_id.to_string(),
+            grpc_address: self.grpc_addr.clone(),
+            raft_address: self.raft_addr.clone(),
+            cluster_id: self.cluster_id.clone().unwrap_or_default(),
+        }
+    }
+
+    /// This node as the node service describes nodes (`Join`, `Leave`).
+    pub fn node(&self) -> ravel_proto::node::Node {
+        let n = self.admin_node();
+        ravel_proto::node::Node {
+            node_id: n.node_id,
+            grpc_address: n.grpc_address,
+            raft_address: n.raft_address,
+            cluster_id: n.cluster_id,
+        }
+    }
+
     /// The identity stored in `dir`, if any.
     pub fn load(dir: &Path) -> Result<Option<Self>, IdentityError> {
         let path = Self::path(dir);

@@ -7,9 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ravel_proto::admin::ravel_cluster_admin_client::RavelClusterAdminClient;
-use ravel_proto::admin::{Cluster, Node as AdminNode};
+use ravel_proto::admin::Cluster;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
-use ravel_proto::node::Node as PbNode;
 use ravel_transport::retry::{retry, Backoff};
 use ravel_transport::{ChannelPool, TransportError};
 use tokio::time::Instant;
@@ -45,18 +44,8 @@ pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(),
     let admin = identity.admin_addr.clone();
     let cluster_id = identity.cluster_id.clone().unwrap_or_default();
     let backoff = Backoff::default();
-    let me_admin = AdminNode {
-        node_id: identity.node_id.to_string(),
-        grpc_address: identity.grpc_addr.clone(),
-        raft_address: identity.raft_addr.clone(),
-        cluster_id: cluster_id.clone(),
-    };
-    let me = PbNode {
-        node_id: me_admin.node_id.clone(),
-        grpc_address: me_admin.grpc_address.clone(),
-        raft_address: me_admin.raft_address.clone(),
-        cluster_id: cluster_id.clone(),
-    };
+    let me_admin = identity.admin_node();
+    let me = identity.node();
     if identity.joined {
         retry(&backoff, Some(deadline), || {
             let (pool, admin, me, cluster_id) =

@@ -10,7 +10,7 @@ use openraft::BasicNode;
 use ravel_consensus::types::{NodeId, Raft};
 use ravel_consensus::DataDir;
 use ravel_proto::admin::ravel_cluster_admin_client::RavelClusterAdminClient;
-use ravel_proto::admin::{Cluster, Node as AdminNode};
+use ravel_proto::admin::Cluster;
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExtServer;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::ravel_node_server::RavelNodeServer;
@@ -90,15 +90,6 @@ impl std::fmt::Debug for Node {
             .field("cluster_id", &self.cluster_id)
             .field("addr", &self.addr)
             .finish()
-    }
-}
-
-fn admin_node(identity: &Identity) -> AdminNode {
-    AdminNode {
-        node_id: identity.node_id.to_string(),
-        grpc_address: identity.grpc_addr.clone(),
-        raft_address: identity.raft_addr.clone(),
-        cluster_id: identity.cluster_id.clone().unwrap_or_default(),
     }
 }
 
@@ -231,7 +222,7 @@ impl Node {
         tasks.push(tokio::spawn(notifier::run(
             raft.clone(),
             id,
-            admin_node(&identity),
+            identity.admin_node(),
             cfg.admin_addr.clone(),
             pool.clone(),
             shutdown_rx.clone(),
@@ -339,12 +330,7 @@ impl Node {
         deadline: Option<Instant>,
     ) -> Result<(), NodeError> {
         let cluster_id = identity.cluster_id.clone().unwrap_or_default();
-        let me = PbNode {
-            node_id: identity.node_id.to_string(),
-            grpc_address: identity.grpc_addr.clone(),
-            raft_address: identity.raft_addr.clone(),
-            cluster_id: cluster_id.clone(),
-        };
+        let me = identity.node();
         let backoff = Backoff::default();
         let mut attempt = 0;
         loop {
@@ -437,7 +423,7 @@ async fn register(
     deadline: Option<Instant>,
 ) -> Result<Cluster, NodeError> {
     let admin = cfg.admin_addr.clone();
-    let me = admin_node(identity);
+    let me = identity.admin_node();
     let found = cfg.found_cluster;
     let res = retry(&Backoff::default(), deadline, || {
         let (pool, admin, me) = (pool.clone(), admin.clone(), me.clone());
