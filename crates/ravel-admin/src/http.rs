@@ -20,24 +20,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use serde_json::{json, Value};
 
-use crate::kv::{Kv, KvError};
-use crate::registry::Registry;
+use crate::kv::KvError;
+use crate::router::Router;
+use crate::state::AdminState;
 
-/// Size limits the admin enforces before a request reaches a node.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-}
-
-pub struct HttpState {
-    pub kv: Kv,
-    pub pool: ravel_transport::ChannelPool,
-    pub registry: Arc<Registry>,
-    pub ring: crate::ring::RingConfig,
-    pub limits: HttpLimits,
-}
-
+/// An error answer: status and the message of `{"error": ...}`.
 pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
@@ -60,7 +47,8 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-pub fn router(state: Arc<HttpState>) -> HttpRouter {
+/// The HTTP API over the admin's shared state.
+pub fn router(state: Arc<AdminState>) -> HttpRouter {
     // Room for the largest value as JSON plus the envelope.
     let body_limit = state.limits.max_value_bytes * 2 + state.limits.max_key_bytes * 2 + 4096;
     HttpRouter::new()
@@ -92,7 +80,8 @@ fn key_of(body: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
     }
 }
 
-impl HttpState {
+/// The HTTP API's view of the store: JSON values, size checks.
+impl AdminState {
     fn check_key(&self, key: &str) -> Result<(), ApiError> {
         if key.len() > self.limits.max_key_bytes {
             return Err(ApiError(
@@ -107,7 +96,7 @@ impl HttpState {
         Ok(())
     }
 
-    async fn put(&self, key: &str, value: &Value) -> Result<(), ApiError> {
+    async fn put_json(&self, key: &str, value: &Value) -> Result<(), ApiError> {
         self.check_key(key)?;
         let bytes = serde_json::to_vec(value).map_err(|e| bad(e.to_string()))?;
         if bytes.len() > self.limits.max_value_bytes {
@@ -120,13 +109,13 @@ impl HttpState {
                 ),
             ));
         }
-        self.kv.put(key.as_bytes(), &bytes).await?;
+        self.put(key.as_bytes(), &bytes).await?;
         Ok(())
     }
 
-    async fn get(&self, key: &str) -> Result<Value, ApiError> {
+    async fn get_json(&self, key: &str) -> Result<Value, ApiError> {
         self.check_key(key)?;
-        match self.kv.get(key.as_bytes()).await? {
+        match self.get(key.as_bytes()).await? {
             None => Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!("key {key:?} not found"),
@@ -137,9 +126,9 @@ impl HttpState {
         }
     }
 
-    async fn delete(&self, key: &str) -> Result<(), ApiError> {
+    async fn delete_json(&self, key: &str) -> Result<(), ApiError> {
         self.check_key(key)?;
-        self.kv.delete(key.as_bytes()).await?;
+        self.delete(key.as_bytes()).await?;
         Ok(())
     }
 }
@@ -148,7 +137,10 @@ fn ok() -> Json<Value> {
     Json(json!({ "msg": "ok" }))
 }
 
-async fn put_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn put_compat(
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let b = parse_body(&body)?;
     let key = key_of(&b)?;
     // Existing clients send "value" as well as "val".
@@ -156,49 +148,52 @@ async fn put_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json
         .get("val")
         .or_else(|| b.get("value"))
         .ok_or_else(|| bad("missing \"val\""))?;
-    s.put(&key, value).await?;
+    s.put_json(&key, value).await?;
     Ok(ok())
 }
 
-async fn get_compat(State(s): State<Arc<HttpState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn get_compat(
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let key = key_of(&parse_body(&body)?)?;
-    let val = s.get(&key).await?;
+    let val = s.get_json(&key).await?;
     Ok(Json(json!({ "key": key, "val": val })))
 }
 
 async fn delete_compat(
-    State(s): State<Arc<HttpState>>,
+    State(s): State<Arc<AdminState>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let key = key_of(&parse_body(&body)?)?;
-    s.delete(&key).await?;
+    s.delete_json(&key).await?;
     Ok(ok())
 }
 
 async fn put_v1(
-    State(s): State<Arc<HttpState>>,
+    State(s): State<Arc<AdminState>>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON value: {e}")))?;
-    s.put(&key, &value).await?;
+    s.put_json(&key, &value).await?;
     Ok(ok())
 }
 
 async fn get_v1(
-    State(s): State<Arc<HttpState>>,
+    State(s): State<Arc<AdminState>>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let val = s.get(&key).await?;
+    let val = s.get_json(&key).await?;
     Ok(Json(json!({ "key": key, "val": val })))
 }
 
 async fn delete_v1(
-    State(s): State<Arc<HttpState>>,
+    State(s): State<Arc<AdminState>>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    s.delete(&key).await?;
+    s.delete_json(&key).await?;
     Ok(ok())
 }
 
@@ -208,8 +203,9 @@ async fn healthz() -> Json<Value> {
 }
 
 /// Ready to serve keys: at least one cluster is on the ring.
-async fn readyz(State(s): State<Arc<HttpState>>) -> Result<Json<Value>, ApiError> {
-    let ring = s.registry.snapshot().ring;
+async fn readyz(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    let state = s.registry.snapshot();
+    let ring = &state.ring;
     if ring.members.is_empty() {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -223,18 +219,18 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Result<Json<Value>, ApiError
 
 /// Each replica's own view (term, log, applied index), asked with a short
 /// deadline; `None` for replicas that do not answer.
-async fn replica_status(s: &HttpState, addr: &str) -> Option<ravel_proto::ext::StatusResponse> {
-    let ch = s.pool.channel(addr).ok()?;
+async fn replica_status(s: &AdminState, addr: &str) -> Option<ravel_proto::ext::StatusResponse> {
+    let ch = s.router.pool().channel(addr).ok()?;
     let mut req = tonic::Request::new(ravel_proto::ext::StatusRequest {});
     req.set_timeout(std::time::Duration::from_millis(500));
-    let mut client = crate::router::Router::ext(ch);
+    let mut client = Router::ext(ch);
     match tokio::time::timeout(std::time::Duration::from_millis(600), client.status(req)).await {
         Ok(Ok(r)) => Some(r.into_inner()),
         _ => None,
     }
 }
 
-async fn cluster(State(s): State<Arc<HttpState>>) -> Json<Value> {
+async fn cluster(State(s): State<Arc<AdminState>>) -> Json<Value> {
     let state = s.registry.snapshot();
     let addrs: Vec<String> = state
         .clusters
@@ -251,7 +247,8 @@ async fn cluster(State(s): State<Arc<HttpState>>) -> Json<Value> {
         .into_iter()
         .filter_map(|(a, st)| st.map(|st| (a, st)))
         .collect();
-    let owners = s.ring.owners(&state.ring.members);
+    let ring = s.router.ring();
+    let owners = ring.owners(&state.ring.members);
     let clusters: Vec<Value> = state
         .clusters
         .values()
@@ -294,8 +291,8 @@ async fn cluster(State(s): State<Arc<HttpState>>) -> Json<Value> {
         })
     });
     Json(json!({
-        "partitions": s.ring.partitions,
-        "load_factor": s.ring.load,
+        "partitions": ring.partitions,
+        "load_factor": ring.load,
         "ring": state.ring.members,
         "clusters": clusters,
         "relocation": relocation,

@@ -11,14 +11,12 @@
 //!   writing, so no request routed by the old ring is still in flight once
 //!   the change is visible.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::RwLock;
+use ravel_proto::ops;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::router::{CallError, Router};
+use crate::router::{CallError, Route};
+use crate::state::AdminState;
 
 /// Marks a key deleted on a partition's new owner while the partition
 /// moves. Not valid JSON (the admin stores JSON values), so it cannot be a
@@ -51,38 +49,27 @@ impl From<CallError> for KvError {
     }
 }
 
-pub struct Kv {
-    router: Arc<Router>,
-    /// Held for reading by every request, for writing by ring changes.
-    pub gate: Arc<RwLock<()>>,
-    timeout: Duration,
-}
-
 fn not_found(e: &CallError) -> bool {
     matches!(e, CallError::Status(s) if s.code() == Code::NotFound)
 }
 
-impl Kv {
-    pub fn new(router: Arc<Router>, gate: Arc<RwLock<()>>, timeout: Duration) -> Self {
-        Self {
-            router,
-            gate,
-            timeout,
-        }
-    }
-
-    fn route(&self, key: &[u8]) -> Result<crate::router::Route, KvError> {
+impl AdminState {
+    fn route(&self, key: &[u8]) -> Result<Route, KvError> {
         self.router
             .route(key)
             .ok_or_else(|| KvError::Unavailable("no cluster is serving yet".into()))
     }
 
+    fn request_deadline(&self) -> Instant {
+        Instant::now() + self.limits.request_timeout
+    }
+
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         let _g = self.gate.read().await;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.request_deadline();
         let r = self.route(key)?;
         self.router
-            .run(&r.owner, "set", key, value, deadline)
+            .run(&r.owner, ops::SET, key, value, deadline)
             .await?;
         Ok(())
     }
@@ -90,9 +77,12 @@ impl Kv {
     /// The value of `key`, `None` if absent.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         let _g = self.gate.read().await;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.request_deadline();
         let r = self.route(key)?;
-        let first = self.router.run(&r.owner, "get", key, b"", deadline).await;
+        let first = self
+            .router
+            .run(&r.owner, ops::GET, key, b"", deadline)
+            .await;
         match first {
             Ok(v) => return Ok(live(v)),
             Err(e) if not_found(&e) => {}
@@ -101,12 +91,16 @@ impl Kv {
         let Some(prev) = r.previous else {
             return Ok(None);
         };
-        match self.router.run(&prev, "get", key, b"", deadline).await {
+        match self.router.run(&prev, ops::GET, key, b"", deadline).await {
             Ok(v) => return Ok(live(v)),
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
-        match self.router.run(&r.owner, "get", key, b"", deadline).await {
+        match self
+            .router
+            .run(&r.owner, ops::GET, key, b"", deadline)
+            .await
+        {
             Ok(v) => Ok(live(v)),
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
@@ -115,19 +109,21 @@ impl Kv {
 
     pub async fn delete(&self, key: &[u8]) -> Result<(), KvError> {
         let _g = self.gate.read().await;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.request_deadline();
         let r = self.route(key)?;
         match r.previous {
             None => {
                 self.router
-                    .run(&r.owner, "delete", key, b"", deadline)
+                    .run(&r.owner, ops::DELETE, key, b"", deadline)
                     .await?;
             }
             Some(prev) => {
                 self.router
-                    .run(&r.owner, "set", key, TOMBSTONE, deadline)
+                    .run(&r.owner, ops::SET, key, TOMBSTONE, deadline)
                     .await?;
-                self.router.run(&prev, "delete", key, b"", deadline).await?;
+                self.router
+                    .run(&prev, ops::DELETE, key, b"", deadline)
+                    .await?;
             }
         }
         Ok(())

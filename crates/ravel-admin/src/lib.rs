@@ -3,46 +3,41 @@
 //! The cluster admin:
 //!
 //! - [`registry`]: clusters, replicas, leaders, ring and relocation state,
-//!   persisted before anything is acknowledged;
-//! - [`service`]: the `RavelClusterAdmin` gRPC service nodes call;
+//!   persisted before anything is acknowledged, and the registration policy;
+//! - `service`: the `RavelClusterAdmin` gRPC service nodes call;
 //! - [`ring`]: consistent hashing with bounded loads;
-//! - [`router`]: key → cluster → leader, with leader discovery;
-//! - [`kv`]: user operations that stay correct while keys move;
-//! - [`relocation`]: planning ring changes and moving keys;
-//! - [`http`]: the user-facing HTTP API.
+//! - `router`: key → cluster → leader, with leader discovery;
+//! - `kv`: user operations that stay correct while keys move;
+//! - `relocation`: planning ring changes and moving keys;
+//! - `http`: the user-facing HTTP API;
+//! - `state`: the one [`AdminState`](state::AdminState) they all share.
+//!
+//! The `ravel-admin` binary is [`cli`]; the `ravel` command-line client is
+//! `src/bin/ravel.rs`.
 
+pub mod cli;
 pub mod config;
-pub mod http;
-pub mod http_client;
-pub mod kv;
+mod http;
+mod kv;
 pub mod registry;
-pub mod relocation;
+mod relocation;
 pub mod ring;
-pub mod router;
-pub mod service;
+mod router;
+mod service;
+mod state;
 
 use std::sync::Arc;
 
 use ravel_proto::admin::ravel_cluster_admin_server::RavelClusterAdminServer;
-use ravel_transport::ChannelPool;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, RwLock};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use config::AdminConfig;
+pub use kv::TOMBSTONE;
 use registry::{Registry, RegistryError};
-use router::Router;
 use service::AdminService;
-
-/// What the admin's services and tasks share.
-pub struct Shared {
-    pub registry: Arc<Registry>,
-    pub router: Arc<Router>,
-    /// Routing gate: requests read, ring changes write.
-    pub gate: Arc<RwLock<()>>,
-    /// Wakes the mover.
-    pub wake: Arc<Notify>,
-}
+use state::AdminState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -60,9 +55,13 @@ pub enum AdminError {
 pub struct Admin {
     grpc_addr: String,
     http_addr: String,
+    /// The registry (shared with the admin's services), for inspection.
     registry: Arc<Registry>,
-    shutdown: watch::Sender<bool>,
+    /// Cancelled on shutdown: stops both servers.
+    shutdown: CancellationToken,
+    /// The gRPC and HTTP servers.
     tasks: Vec<JoinHandle<()>>,
+    /// The relocation mover; aborted on shutdown.
     mover: JoinHandle<()>,
 }
 
@@ -74,82 +73,30 @@ impl Admin {
         cfg: &AdminConfig,
         grpc_listener: Option<TcpListener>,
     ) -> Result<Admin, AdminError> {
-        let registry = Arc::new(Registry::open(&cfg.data_dir)?);
-        let router = Arc::new(Router::new(
-            registry.clone(),
-            ChannelPool::default(),
-            cfg.ring,
-        ));
-        let shared = Arc::new(Shared {
-            registry: registry.clone(),
-            router: router.clone(),
-            gate: Arc::new(RwLock::new(())),
-            wake: Arc::new(Notify::new()),
-        });
-        let http_listener =
-            TcpListener::bind(&cfg.http_addr)
-                .await
-                .map_err(|source| AdminError::Bind {
-                    addr: cfg.http_addr.clone(),
-                    source,
-                })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| AdminError::Bind {
-                addr: cfg.http_addr.clone(),
-                source,
-            })?
-            .to_string();
-        let listener = match grpc_listener {
-            Some(l) => l,
-            None => TcpListener::bind(&cfg.grpc_addr)
-                .await
-                .map_err(|source| AdminError::Bind {
-                    addr: cfg.grpc_addr.clone(),
-                    source,
-                })?,
-        };
-        let grpc_addr = listener
-            .local_addr()
-            .map_err(|source| AdminError::Bind {
-                addr: cfg.grpc_addr.clone(),
-                source,
-            })?
-            .to_string();
-        let (shutdown, mut rx) = watch::channel(false);
-        let mut http_rx = rx.clone();
-        let service = AdminService::new(shared.clone());
+        let admin = Arc::new(AdminState::new(Registry::open(&cfg.data_dir)?, cfg));
+        let (http_listener, http_addr) = bind(&cfg.http_addr, None).await?;
+        let (grpc_listener, grpc_addr) = bind(&cfg.grpc_addr, grpc_listener).await?;
+        let shutdown = CancellationToken::new();
+
         let server = tonic::transport::Server::builder()
             .timeout(std::time::Duration::from_secs(30))
-            .add_service(RavelClusterAdminServer::new(service));
+            .add_service(RavelClusterAdminServer::new(AdminService::new(
+                admin.clone(),
+            )));
+        // Accepted sockets need TCP_NODELAY set here: small answers must
+        // not wait on delayed ACKs.
         let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let task = tokio::spawn(async move {
-            let stop = async move {
-                // Also ends if the sender is gone.
-                let _ = rx.wait_for(|stop| *stop).await;
-            };
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let stop = shutdown.clone().cancelled_owned();
+        let grpc_task = tokio::spawn(async move {
             if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
                 tracing::error!(error = %e, "admin gRPC server failed");
             }
         });
-        let http_state = Arc::new(http::HttpState {
-            kv: kv::Kv::new(router.clone(), shared.gate.clone(), cfg.request_timeout()),
-            pool: router.pool().clone(),
-            registry: registry.clone(),
-            ring: cfg.ring,
-            limits: http::HttpLimits {
-                max_key_bytes: cfg.max_key_bytes,
-                max_value_bytes: cfg.max_value_bytes,
-            },
-        });
-        let app = http::router(http_state);
+
+        let app = http::router(admin.clone());
+        let stop = shutdown.clone().cancelled_owned();
         let http_task = tokio::spawn(async move {
-            let stop = async move {
-                // Also ends if the sender is gone.
-                let _ = http_rx.wait_for(|stop| *stop).await;
-            };
-            // Small JSON answers must not wait on delayed ACKs.
             let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
@@ -160,19 +107,14 @@ impl Admin {
                 tracing::error!(error = %e, "admin HTTP server failed");
             }
         });
-        let mover = tokio::spawn(relocation::run_mover(
-            registry.clone(),
-            router,
-            shared.gate.clone(),
-            shared.wake.clone(),
-        ));
+        let mover = tokio::spawn(relocation::run_mover(admin.clone()));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, data = %cfg.data_dir.display(), "admin serving");
         Ok(Admin {
             grpc_addr,
             http_addr,
-            registry,
+            registry: admin.registry.clone(),
             shutdown,
-            tasks: vec![task, http_task],
+            tasks: vec![grpc_task, http_task],
             mover,
         })
     }
@@ -194,9 +136,26 @@ impl Admin {
     pub async fn shutdown(self) {
         self.mover.abort();
         let _ = self.mover.await;
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
         }
     }
+}
+
+/// Binds `addr` (or takes `listener`) and returns it with its actual address.
+async fn bind(
+    addr: &str,
+    listener: Option<TcpListener>,
+) -> Result<(TcpListener, String), AdminError> {
+    let err = |source| AdminError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(addr).await.map_err(err)?,
+    };
+    let local = listener.local_addr().map_err(err)?.to_string();
+    Ok((listener, local))
 }

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ravel_proto::ext::{KeyValue, ListPartitionsRequest};
-use tokio::sync::{Notify, RwLock};
+use ravel_transport::retry::Attempts;
 use tokio::time::Instant;
 
 use crate::kv::TOMBSTONE;
-use crate::registry::{PartitionMove, Registry, RegistryError, Relocation};
+use crate::registry::{PartitionMove, RegistryError, RelocationProgress};
 use crate::router::{CallError, Router};
+use crate::state::AdminState;
 
 /// Entries fetched per listing page.
 const PAGE: u32 = 256;
@@ -31,13 +32,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Starts a relocation if the desired ring differs from the current one and
 /// none is running. Takes the routing gate for writing while it switches,
 /// so no request routed by the old ring is still in flight afterwards.
-pub async fn plan(
-    registry: &Registry,
-    router: &Router,
-    gate: &RwLock<()>,
-) -> Result<bool, RegistryError> {
-    let _g = gate.write().await;
-    registry.update(|s| {
+pub async fn plan(admin: &AdminState) -> Result<bool, RegistryError> {
+    let router = &admin.router;
+    let _g = admin.gate.write().await;
+    admin.registry.update(|s| {
         if s.ring.relocation.is_some() {
             return false;
         }
@@ -72,7 +70,7 @@ pub async fn plan(
         s.ring.members = desired.clone();
         s.ring.generation += 1;
         if !pending.is_empty() {
-            s.ring.relocation = Some(Relocation {
+            s.ring.relocation = Some(RelocationProgress {
                 id: s.ring.generation,
                 from_members: current,
                 to_members: desired,
@@ -84,33 +82,33 @@ pub async fn plan(
         }
         true
     })
+    .await
 }
 
 /// The mover: runs relocations until told to stop (the task is aborted on
 /// shutdown; every step is persisted, so that is safe).
-pub async fn run_mover(
-    registry: Arc<Registry>,
-    router: Arc<Router>,
-    gate: Arc<RwLock<()>>,
-    wake: Arc<Notify>,
-) {
+pub async fn run_mover(admin: Arc<AdminState>) {
+    // Failed steps are retried with the one backoff policy, forever:
+    // progress is persisted, so a retry resumes where the last one stopped.
+    let mut failures = Attempts::forever();
     loop {
-        let reloc = registry.snapshot().ring.relocation;
+        let reloc = admin.registry.snapshot().ring.relocation.clone();
         match reloc {
             None => {
-                match plan(&registry, &router, &gate).await {
+                match plan(&admin).await {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %e, "planning a relocation"),
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), admin.wake.notified()).await;
             }
-            Some(r) => {
-                if let Err(e) = move_one_pair(&registry, &router, &gate, &r).await {
+            Some(r) => match move_one_pair(&admin, &r).await {
+                Ok(()) => failures = Attempts::forever(),
+                Err(e) => {
                     tracing::warn!(error = %e, relocation = r.id, "relocation step failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    failures.pause().await;
                 }
-            }
+            },
         }
     }
 }
@@ -129,16 +127,10 @@ fn step_err(e: CallError) -> String {
 /// Moves every pending partition of the first source→destination pair of
 /// `r`, then retires those partitions (and the whole relocation when none
 /// are left).
-async fn move_one_pair(
-    registry: &Registry,
-    router: &Router,
-    gate: &RwLock<()>,
-    r: &Relocation,
-) -> Result<(), String> {
+async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(), String> {
+    let (registry, router) = (&admin.registry, &admin.router);
     let Some(first) = r.pending.values().next() else {
-        finish(registry, gate, r.id)
-            .await
-            .map_err(|e| e.to_string())?;
+        finish(admin, r.id).await.map_err(|e| e.to_string())?;
         return Ok(());
     };
     let (from, to) = (first.from.clone(), first.to.clone());
@@ -161,8 +153,8 @@ async fn move_one_pair(
             .filter(|e| e.value != TOMBSTONE)
             .map(|e| async move {
                 let deadline = Instant::now() + STEP_TIMEOUT;
-                cond(router, to_ref, true, &e, deadline).await?;
-                cond(router, from_ref, false, &e, deadline).await
+                copy_if_absent(router, to_ref, &e, deadline).await?;
+                delete_if_equal(router, from_ref, &e, deadline).await
             });
         let results = join_all(moves).await;
         let moved = results.len() as u64;
@@ -177,6 +169,7 @@ async fn move_one_pair(
                     rel.moved_keys += moved;
                 }
             })
+            .await
             .map_err(|e| e.to_string())?;
         if page.done {
             break;
@@ -184,7 +177,7 @@ async fn move_one_pair(
     }
     // The pair is done: its partitions are served by the destination alone.
     {
-        let _g = gate.write().await;
+        let _g = admin.gate.write().await;
         registry
             .update(|s| {
                 if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == r.id) {
@@ -195,10 +188,11 @@ async fn move_one_pair(
                     s.ring.generation += 1;
                 }
             })
+            .await
             .map_err(|e| e.to_string())?;
     }
     remove_tombstones(router, &to, count, &partitions).await?;
-    let progress = registry.snapshot().ring.relocation.map(|x| {
+    let progress = registry.snapshot().ring.relocation.as_ref().map(|x| {
         (
             x.total_partitions as usize - x.pending.len(),
             x.total_partitions,
@@ -211,15 +205,17 @@ async fn move_one_pair(
     Ok(())
 }
 
-async fn finish(registry: &Registry, gate: &RwLock<()>, id: u64) -> Result<(), RegistryError> {
-    let _g = gate.write().await;
-    registry.update(|s| {
+async fn finish(admin: &AdminState, id: u64) -> Result<(), RegistryError> {
+    let _g = admin.gate.write().await;
+    admin.registry.update(|s| {
         if let Some(rel) = s.ring.relocation.take_if(|x| x.id == id) {
             s.ring.moved_keys_total += rel.moved_keys;
             s.ring.relocations_done += 1;
             s.ring.generation += 1;
             tracing::info!(relocation = id, moved_keys = rel.moved_keys, partitions = rel.total_partitions, "relocation finished");
-            // Draining clusters no longer own anything: forget them.
+            // Draining clusters that left the ring own nothing now; each is
+            // removed from the registry when its last replica calls
+            // LeaveCluster again. Say so, for the operator.
             let gone: Vec<String> = s
                 .ring
                 .draining
@@ -234,6 +230,7 @@ async fn finish(registry: &Registry, gate: &RwLock<()>, id: u64) -> Result<(), R
             }
         }
     })
+    .await
 }
 
 async fn list(
@@ -265,11 +262,10 @@ async fn list(
         .map_err(step_err)
 }
 
-/// `SetIfAbsent` (copy) or `DeleteIfEqual` (remove) of one entry.
-async fn cond(
+/// Copies one entry to `cluster` unless the key exists there (`SetIfAbsent`).
+async fn copy_if_absent(
     router: &Router,
     cluster: &str,
-    copy: bool,
     e: &KeyValue,
     deadline: Instant,
 ) -> Result<bool, String> {
@@ -278,13 +274,33 @@ async fn cond(
             let mut req = tonic::Request::new(e.clone());
             req.set_timeout(remaining);
             async move {
-                let mut c = Router::ext(ch);
-                let r = if copy {
-                    c.set_if_absent(req).await
-                } else {
-                    c.delete_if_equal(req).await
-                };
-                r.map(|r| r.into_inner().applied)
+                Router::ext(ch)
+                    .set_if_absent(req)
+                    .await
+                    .map(|r| r.into_inner().applied)
+            }
+        })
+        .await
+        .map_err(step_err)
+}
+
+/// Removes one entry from `cluster` if it still holds exactly that value
+/// (`DeleteIfEqual`).
+async fn delete_if_equal(
+    router: &Router,
+    cluster: &str,
+    e: &KeyValue,
+    deadline: Instant,
+) -> Result<bool, String> {
+    router
+        .call(cluster, deadline, |ch, remaining| {
+            let mut req = tonic::Request::new(e.clone());
+            req.set_timeout(remaining);
+            async move {
+                Router::ext(ch)
+                    .delete_if_equal(req)
+                    .await
+                    .map(|r| r.into_inner().applied)
             }
         })
         .await
@@ -305,7 +321,7 @@ async fn remove_tombstones(
             .entries
             .iter()
             .filter(|e| e.value == TOMBSTONE)
-            .map(|e| cond(router, cluster, false, e, deadline));
+            .map(|e| delete_if_equal(router, cluster, e, deadline));
         for r in join_all(removals).await {
             r?;
         }

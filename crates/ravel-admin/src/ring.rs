@@ -10,8 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The ring: its parameters (the `[ring]` section of the admin's config)
+/// and the assignment of partitions to clusters they define.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RingConfig {
+#[serde(default, deny_unknown_fields)]
+pub struct HashRing {
     /// Number of partitions; fixed for the lifetime of a deployment.
     pub partitions: u32,
     /// Load factor: no cluster owns more than this × the average.
@@ -20,7 +23,7 @@ pub struct RingConfig {
     pub vnodes: u32,
 }
 
-impl Default for RingConfig {
+impl Default for HashRing {
     fn default() -> Self {
         Self {
             partitions: 271,
@@ -30,7 +33,7 @@ impl Default for RingConfig {
     }
 }
 
-impl RingConfig {
+impl HashRing {
     /// Most partitions one of `clusters` clusters may own.
     pub fn max_load(&self, clusters: usize) -> u32 {
         if clusters == 0 {
@@ -88,7 +91,7 @@ mod tests {
 
     #[test]
     fn hundred_thousand_keys_respect_the_load_bound() {
-        let cfg = RingConfig::default();
+        let cfg = HashRing::default();
         let members = names(3);
         let owners = cfg.owners(&members);
         let mut partitions: HashMap<&str, u32> = HashMap::new();
@@ -115,7 +118,7 @@ mod tests {
 
     #[test]
     fn same_membership_same_owners_in_any_order() {
-        let cfg = RingConfig::default();
+        let cfg = HashRing::default();
         let a = cfg.owners(&names(4));
         let mut rev = names(4);
         rev.reverse();
@@ -126,7 +129,7 @@ mod tests {
 
     #[test]
     fn adding_a_cluster_moves_about_its_share() {
-        let cfg = RingConfig::default();
+        let cfg = HashRing::default();
         let before = cfg.owners(&names(2));
         let after = cfg.owners(&names(3));
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ravel_proto::ext::ravel_node_ext_client::RavelNodeExtClient;
+use ravel_proto::metadata;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::{Command, Void};
-use ravel_transport::retry::Backoff;
+use ravel_transport::retry::Attempts;
 use ravel_transport::ChannelPool;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::registry::Registry;
-use crate::ring::RingConfig;
+use crate::ring::HashRing;
 
 /// Where a key lives right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,7 @@ pub struct Route {
     pub previous: Option<String>,
 }
 
+/// The owners of every partition under one ring generation.
 #[derive(Debug, Default)]
 struct Table {
     generation: u64,
@@ -39,11 +41,13 @@ struct Table {
 
 /// Routes keys and calls cluster leaders.
 pub struct Router {
+    /// Where ring members and leaders come from (shared with `AdminState`).
     registry: Arc<Registry>,
+    /// Channels to nodes; the admin's only one.
     pool: ChannelPool,
-    ring: RingConfig,
+    ring: HashRing,
+    /// Partition owners, rebuilt when the ring's generation changes.
     table: Mutex<Arc<Table>>,
-    backoff: Backoff,
 }
 
 /// A cluster could not be reached within the deadline, or answered with a
@@ -57,7 +61,7 @@ pub enum CallError {
 }
 
 impl Router {
-    pub fn new(registry: Arc<Registry>, pool: ChannelPool, ring: RingConfig) -> Self {
+    pub fn new(registry: Arc<Registry>, pool: ChannelPool, ring: HashRing) -> Self {
         Self {
             registry,
             pool,
@@ -66,11 +70,10 @@ impl Router {
                 generation: u64::MAX,
                 ..Default::default()
             })),
-            backoff: Backoff::default(),
         }
     }
 
-    pub fn ring(&self) -> &RingConfig {
+    pub fn ring(&self) -> &HashRing {
         &self.ring
     }
 
@@ -135,11 +138,14 @@ impl Router {
             req.set_timeout(Duration::from_millis(1500));
             if let Ok(r) = RavelNodeClient::new(ch).is_leader(req).await {
                 if r.get_ref().leader {
-                    let _ = self.registry.update(|s| {
-                        if let Some(c) = s.clusters.get_mut(cluster) {
-                            c.leader = Some(id.clone());
-                        }
-                    });
+                    let _ = self
+                        .registry
+                        .update(|s| {
+                            if let Some(c) = s.clusters.get_mut(cluster) {
+                                c.leader = Some(id.clone());
+                            }
+                        })
+                        .await;
                     tracing::info!(%cluster, leader = %id, addr = %m.grpc_address, "found leader by asking the replicas");
                     return Some(m.grpc_address);
                 }
@@ -162,7 +168,7 @@ impl Router {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let mut attempt = 0;
+        let mut attempts = Attempts::until(deadline);
         let mut addr = self.known_leader(cluster);
         let mut last = String::from("no leader known");
         loop {
@@ -187,7 +193,7 @@ impl Router {
                         // A node that knows the leader says so.
                         addr = s
                             .metadata()
-                            .get("x-ravel-leader")
+                            .get(metadata::LEADER)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string)
                             .filter(|l| *l != a);
@@ -196,14 +202,11 @@ impl Router {
                     Err(_) => last = format!("{a}: no answer before the deadline"),
                 }
             }
-            let pause = self.backoff.pause(attempt);
-            attempt += 1;
-            if Instant::now() + pause >= deadline {
+            if !attempts.pause().await {
                 return Err(CallError::Unavailable(format!(
                     "cluster {cluster}: no leader answered within the deadline ({last})"
                 )));
             }
-            tokio::time::sleep(pause).await;
             if addr.is_none() {
                 addr = self
                     .discover_leader(cluster)

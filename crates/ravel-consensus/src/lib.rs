@@ -17,6 +17,7 @@
 
 pub mod codec;
 mod log_store;
+mod snapshot_files;
 mod state_machine;
 pub mod types;
 

@@ -8,6 +8,8 @@ use ravel_consensus::types::{NodeId, Raft};
 use ravel_consensus::{Command, CommandResult};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::Limits;
+
 /// Why a write did not (knowingly) happen.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -21,6 +23,9 @@ pub enum WriteError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     Closed,
+    /// Not applied within the caller's deadline; it may still be.
+    #[error("not committed within the deadline")]
+    Timeout,
 }
 
 struct Pending {
@@ -46,9 +51,14 @@ fn command_bytes(cmd: &Command) -> usize {
 
 impl WriteBatcher {
     /// Starts the batching task. It ends when every handle is dropped.
-    pub fn spawn(raft: Raft, max_commands: usize, max_bytes: usize, queue: usize) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(raft, rx, max_commands.max(1), max_bytes.max(1)));
+    pub fn spawn(raft: Raft, limits: &Limits) -> Self {
+        let (tx, rx) = mpsc::channel(limits.max_in_flight_requests.max(1));
+        tokio::spawn(run(
+            raft,
+            rx,
+            limits.batch_max_commands.max(1),
+            limits.batch_max_bytes.max(1),
+        ));
         Self { tx }
     }
 

@@ -1,11 +1,15 @@
 //! The node's configuration: defaults, then a TOML file, then `RAVEL_*`
-//! environment variables, then command-line flags, each overriding the last.
-//! One loader, one validation, and errors that name the field.
+//! environment variables, then command-line flags, each overriding the last
+//! (the loader is `ravel_runtime::config`, shared with the admin). One
+//! validation, and errors that name the field.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use ravel_runtime::config::ConfigError;
+use ravel_runtime::config::{check_addr, check_advertisable, Sources};
+use ravel_runtime::logging::LogFormat;
 use serde::Deserialize;
 
 /// Everything a replica needs to run.
@@ -36,6 +40,14 @@ pub struct NodeConfig {
     pub snapshot: SnapshotSettings,
     #[serde(default)]
     pub limits: Limits,
+    /// `text` or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Outbound connections (Raft, forwarding, the admin) leave from this
+    /// local IP; unset, the OS picks. For multi-homed hosts, and for tests
+    /// that give every process its own loopback IP.
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -113,17 +125,6 @@ impl Default for Limits {
     }
 }
 
-/// A configuration that cannot be used, with the field at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
-    #[error("configuration: {0}")]
-    Parse(String),
-    #[error("configuration field `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
-}
-
 /// Values given on the command line (the flags of existing deployments);
 /// they override file and environment.
 #[derive(Debug, Default, Clone)]
@@ -140,73 +141,44 @@ impl NodeConfig {
     /// validates. Environment keys use `__` between levels, e.g.
     /// `RAVEL_LIMITS__MAX_VALUE_BYTES=2097152`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut b = config::Config::builder();
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.to_path_buf(),
-                    reason: "no such file".into(),
-                });
-            }
-            b = b.add_source(config::File::from(path).format(config::FileFormat::Toml));
-        }
-        b = b.add_source(
-            config::Environment::with_prefix("RAVEL")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(node_env())),
-        );
-        let set = |b: config::ConfigBuilder<config::builder::DefaultState>,
-                   k: &str,
-                   v: Option<String>| match v {
-            Some(v) => b.set_override(k, v),
-            None => Ok(b),
-        };
-        let e = |e: config::ConfigError| ConfigError::Parse(e.to_string());
-        b = set(
-            b,
-            "data_dir",
-            overrides.data_dir.as_ref().map(|p| p.display().to_string()),
-        )
-        .map_err(e)?;
-        b = set(b, "listen_addr", overrides.grpc_addr.clone()).map_err(e)?;
-        b = set(b, "raft_addr", overrides.raft_addr.clone()).map_err(e)?;
-        b = set(b, "admin_addr", overrides.admin_addr.clone()).map_err(e)?;
-        if overrides.found_cluster {
-            b = b.set_override("found_cluster", true).map_err(e)?;
-        }
-        let raw = b.build().map_err(|err| match file {
-            Some(path) => ConfigError::File {
-                path: path.to_path_buf(),
-                reason: err.to_string(),
-            },
-            None => ConfigError::Parse(err.to_string()),
-        })?;
-        let cfg: NodeConfig = raw
-            .try_deserialize()
-            .map_err(|err| ConfigError::Parse(err.to_string()))?;
+        Self::load_with_env(file, overrides, std::env::vars())
+    }
+
+    /// [`NodeConfig::load`] with the given environment instead of the
+    /// process's.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let cfg: NodeConfig = Sources::new(file, "RAVEL", ENV_KEYS)
+            .flag(
+                "data_dir",
+                overrides.data_dir.as_ref().map(|p| p.display().to_string()),
+            )
+            .flag("listen_addr", overrides.grpc_addr.clone())
+            .flag("raft_addr", overrides.raft_addr.clone())
+            .flag("admin_addr", overrides.admin_addr.clone())
+            .flag("found_cluster", overrides.found_cluster.then_some(true))
+            .load_with_env(env)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |field: &str, reason: &str| Err(ConfigError::invalid(field, reason));
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
         check_addr("listen_addr", &self.listen_addr)?;
-        if let Some(a) = &self.advertise_addr {
-            check_addr("advertise_addr", a)?;
+        match &self.advertise_addr {
+            Some(a) => check_advertisable("advertise_addr", a)?,
+            // Listening on a wildcard needs an address others can dial.
+            None => check_advertisable("listen_addr", &self.listen_addr)?,
         }
         if let Some(a) = &self.raft_addr {
-            check_addr("raft_addr", a)?;
+            check_advertisable("raft_addr", a)?;
         }
         check_addr("admin_addr", &self.admin_addr)?;
         let r = &self.raft;
@@ -253,6 +225,14 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// How this node's outbound gRPC channels connect.
+    pub fn channel_options(&self) -> ravel_transport::ChannelOptions {
+        ravel_transport::ChannelOptions {
+            source_ip: self.source_ip,
+            ..Default::default()
+        }
+    }
+
     /// The address this node is known by.
     pub fn advertised(&self) -> &str {
         self.advertise_addr.as_deref().unwrap_or(&self.listen_addr)
@@ -282,54 +262,31 @@ impl NodeConfig {
             snapshot_max_chunk_size: self.snapshot.chunk_bytes as u64,
             ..Default::default()
         };
-        c.validate().map_err(|e| ConfigError::Invalid {
-            field: "raft",
-            reason: e.to_string(),
-        })
+        c.validate()
+            .map_err(|e| ConfigError::invalid("raft", e.to_string()))
     }
 }
 
-/// The `RAVEL_*` variables that name a node setting. Other `RAVEL_*`
-/// variables (test seeds, the admin's settings) are not ours to reject.
-fn node_env() -> std::collections::HashMap<String, String> {
-    const TOP: [&str; 9] = [
-        "data_dir",
-        "listen_addr",
-        "advertise_addr",
-        "raft_addr",
-        "admin_addr",
-        "found_cluster",
-        "raft__",
-        "snapshot__",
-        "limits__",
-    ];
-    std::env::vars()
-        .filter(|(k, _)| {
-            k.strip_prefix("RAVEL_").is_some_and(|rest| {
-                let rest = rest.to_ascii_lowercase();
-                TOP.iter().any(|t| {
-                    if t.ends_with("__") {
-                        rest.starts_with(t)
-                    } else {
-                        rest == *t
-                    }
-                })
-            })
-        })
-        .collect()
-}
+/// The settings `RAVEL_*` variables may set. Other `RAVEL_*` variables
+/// (test seeds, the CLI's `RAVEL_ADMIN_HTTP`, the admin's settings) are not
+/// ours to reject.
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "listen_addr",
+    "advertise_addr",
+    "raft_addr",
+    "admin_addr",
+    "found_cluster",
+    "log_format",
+    "source_ip",
+    "raft",
+    "snapshot",
+    "limits",
+];
 
-fn check_addr(field: &'static str, addr: &str) -> Result<(), ConfigError> {
-    if addr.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    // host:port with a name
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(ConfigError::Invalid {
-            field,
-            reason: format!("{addr:?} is not HOST:PORT"),
-        }),
+impl Limits {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -377,21 +334,23 @@ admin_addr = "127.0.0.1:7000"
             &dir,
             &format!("{MINIMAL}\n[snapshot]\nchunk_timeout_ms = 1\n"),
         );
-        // A key no other test looks at: tests share the process environment.
-        std::env::set_var("RAVEL_SNAPSHOT__CHUNK_TIMEOUT_MS", "4321");
-        std::env::set_var("RAVEL_ADMIN_ADDR", "127.0.0.1:7777");
-        std::env::set_var("RAVEL_CRASH_SEED", "not a node setting");
+        let env = [
+            ("RAVEL_SNAPSHOT__CHUNK_TIMEOUT_MS", "4321"),
+            ("RAVEL_ADMIN_ADDR", "127.0.0.1:7777"),
+            ("RAVEL_CRASH_SEED", "not a node setting"),
+            // The CLI's variable in the same environment.
+            ("RAVEL_ADMIN_HTTP", "127.0.0.1:8080"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
         let o = Overrides {
             admin_addr: Some("127.0.0.1:8888".into()),
             ..Default::default()
         };
-        let cfg = NodeConfig::load(Some(&p), &o);
-        std::env::remove_var("RAVEL_SNAPSHOT__CHUNK_TIMEOUT_MS");
-        std::env::remove_var("RAVEL_ADMIN_ADDR");
-        std::env::remove_var("RAVEL_CRASH_SEED");
-        let cfg = cfg.unwrap();
+        let cfg = NodeConfig::load_with_env(Some(&p), &o, env.clone()).unwrap();
         assert_eq!(cfg.snapshot.chunk_timeout_ms, 4321);
         assert_eq!(cfg.admin_addr, "127.0.0.1:8888");
+        let cfg = NodeConfig::load_with_env(Some(&p), &Overrides::default(), env).unwrap();
+        assert_eq!(cfg.admin_addr, "127.0.0.1:7777");
     }
 
     #[test]
@@ -426,6 +385,7 @@ admin_addr = "127.0.0.1:7000"
             (format!("{MINIMAL}\nbogus = 1\n"), "bogus"),
             (format!("{MINIMAL}\n[limits]\nmax_key_bytes = \"big\"\n"), "max_key_bytes"),
             (MINIMAL.replace("listen_addr = \"127.0.0.1:7001\"", ""), "listen_addr"),
+            (MINIMAL.replace("127.0.0.1:7001", "0.0.0.0:7001"), "advertise_addr"),
         ];
         for (body, field) in cases {
             let p = write(&dir, &body);

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ravel_runtime::durable;
+use ravel_runtime::lock::{DirLock, LockError};
 use serde::{Deserialize, Serialize};
 
 const FILE: &str = "identity.json";
@@ -24,17 +26,8 @@ pub struct Identity {
     pub admin_addr: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is damaged: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
-}
+/// The identity file could not be read or written.
+pub type IdentityError = ravel_runtime::durable::FileError;
 
 impl Identity {
     pub fn path(dir: &Path) -> PathBuf {
@@ -64,57 +57,27 @@ impl Identity {
 
     /// The identity stored in `dir`, if any.
     pub fn load(dir: &Path) -> Result<Option<Self>, IdentityError> {
-        let path = Self::path(dir);
-        match std::fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(IdentityError::Io { path, source }),
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| IdentityError::Corrupt {
-                        path,
-                        reason: e.to_string(),
-                    })
-            }
-        }
+        durable::read_json(&Self::path(dir))
     }
 
-    /// Writes the identity durably: temp file, fsync, rename, fsync dir.
+    /// Writes the identity durably (temp file, fsync, rename, fsync dir).
     pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
-        let path = Self::path(dir);
-        let io = |source| IdentityError::Io {
-            path: path.clone(),
-            source,
-        };
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(self).expect("identity serialises");
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        Ok(())
+        durable::write_json(&Self::path(dir), self)
     }
 }
 
-/// Records the running process's pid in `dir`, so `kill` can stop it.
-pub fn write_pid(dir: &Path) -> std::io::Result<()> {
-    std::fs::write(dir.join(PID_FILE), std::process::id().to_string())
+/// Locks `dir` for this process and records its pid, so `ravel-node kill`
+/// can stop it (and a second node on the same directory is refused with
+/// the holder's pid). Held until the returned lock is dropped.
+pub fn lock_pid(dir: &Path) -> Result<DirLock, LockError> {
+    DirLock::acquire(&dir.join(PID_FILE))
 }
 
-pub fn read_pid(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-pub fn remove_pid(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join(PID_FILE));
+/// The pid of the live node process holding `dir`, if any. A pid file left
+/// behind by a crashed process names nobody, so a reused pid is never
+/// signalled.
+pub fn running_pid(dir: &Path) -> Result<Option<i32>, LockError> {
+    DirLock::holder(&dir.join(PID_FILE))
 }
 
 #[cfg(test)]

@@ -6,14 +6,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ravel_proto::admin::ravel_cluster_admin_client::RavelClusterAdminClient;
-use ravel_proto::admin::Cluster;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
-use ravel_transport::retry::{retry, Backoff};
+use ravel_runtime::lock::LockError;
+use ravel_transport::retry::{retry, Attempts};
 use ravel_transport::{ChannelPool, TransportError};
 use tokio::time::Instant;
 
+use crate::admin_link::{AdminLink, AdminLinkError};
 use crate::identity::{self, Identity};
+
+/// Longest wait for one `Leave` answer; the leader answers once the
+/// membership change is committed.
+const LEAVE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KillError {
@@ -21,14 +25,16 @@ pub enum KillError {
     NoIdentity(String),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
-    #[error("{step}: {source}")]
-    Step {
-        step: &'static str,
-        #[source]
-        source: TransportError,
-    },
-    #[error("node process {pid} did not stop within {secs}s; its data was kept")]
-    StillRunning { pid: i32, secs: u64 },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("Leave on the cluster leader: {0}")]
+    Leave(#[source] TransportError),
+    #[error("asking the admin for the cluster leader: {0}")]
+    Leader(#[source] AdminLinkError),
+    #[error("LeaveCluster on the admin: {0}")]
+    LeaveCluster(#[source] AdminLinkError),
+    #[error("node process {pid} did not stop within {waited:?}; its data was kept")]
+    StillRunning { pid: i32, waited: Duration },
     #[error("deleting {path}: {source}")]
     Delete {
         path: String,
@@ -41,53 +47,37 @@ pub enum KillError {
 /// (steps 1-3 of `kill`), without touching local data.
 pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(), KillError> {
     let pool = ChannelPool::default();
-    let admin = identity.admin_addr.clone();
+    let admin = AdminLink::new(identity.admin_addr.clone(), pool.clone());
     let cluster_id = identity.cluster_id.clone().unwrap_or_default();
-    let backoff = Backoff::default();
-    let me_admin = identity.admin_node();
-    let me = identity.node();
     if identity.joined {
-        retry(&backoff, Some(deadline), || {
-            let (pool, admin, me, cluster_id) =
-                (pool.clone(), admin.clone(), me.clone(), cluster_id.clone());
-            async move {
-                let mut a = RavelClusterAdminClient::new(pool.channel(&admin)?);
-                let leader = a
-                    .get_cluster_leader(Cluster {
-                        cluster_id,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|s| TransportError::from_status(&admin, s))?
-                    .into_inner();
-                let mut n = RavelNodeClient::new(pool.channel(&leader.grpc_address)?);
-                n.leave(me)
-                    .await
-                    .map_err(|s| TransportError::from_status(&leader.grpc_address, s))?;
-                Ok(())
+        let me = identity.node();
+        let (admin, pool, me, cluster_id) = (&admin, &pool, &me, &cluster_id);
+        retry(Attempts::until(deadline), || async move {
+            let leader = admin
+                .cluster_leader(cluster_id, Attempts::until(Instant::now()))
+                .await
+                .map_err(|e| e.source)?;
+            let addr = leader.grpc_address;
+            let mut n = RavelNodeClient::new(pool.channel(&addr)?);
+            let mut req = tonic::Request::new(me.clone());
+            req.set_timeout(LEAVE_CALL_TIMEOUT);
+            match tokio::time::timeout(LEAVE_CALL_TIMEOUT, n.leave(req)).await {
+                Err(_) => Err(TransportError::Timeout {
+                    addr,
+                    after: LEAVE_CALL_TIMEOUT,
+                }),
+                Ok(r) => r
+                    .map(|_| ())
+                    .map_err(|s| TransportError::from_status(&addr, s)),
             }
         })
         .await
-        .map_err(|source| KillError::Step {
-            step: "Leave on the cluster leader",
-            source,
-        })?;
+        .map_err(KillError::Leave)?;
     }
-    retry(&backoff, Some(deadline), || {
-        let (pool, admin, me) = (pool.clone(), admin.clone(), me_admin.clone());
-        async move {
-            let mut a = RavelClusterAdminClient::new(pool.channel(&admin)?);
-            a.leave_cluster(me)
-                .await
-                .map_err(|s| TransportError::from_status(&admin, s))?;
-            Ok(())
-        }
-    })
-    .await
-    .map_err(|source| KillError::Step {
-        step: "LeaveCluster on the admin",
-        source,
-    })?;
+    admin
+        .leave_cluster(&identity.admin_node(), Attempts::until(deadline))
+        .await
+        .map_err(KillError::LeaveCluster)?;
     Ok(())
 }
 
@@ -95,10 +85,11 @@ pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(),
 pub async fn kill(dir: &Path, timeout: Duration) -> Result<(), KillError> {
     let identity =
         Identity::load(dir)?.ok_or_else(|| KillError::NoIdentity(dir.display().to_string()))?;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     leave_cluster(&identity, deadline).await?;
-    if let Some(pid) = identity::read_pid(dir) {
-        stop_process(pid, deadline).await?;
+    if let Some(pid) = identity::running_pid(dir)? {
+        stop_process(pid, deadline, started).await?;
     }
     std::fs::remove_dir_all(dir).map_err(|source| KillError::Delete {
         path: dir.display().to_string(),
@@ -111,16 +102,20 @@ fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-async fn stop_process(pid: i32, deadline: Instant) -> Result<(), KillError> {
+async fn stop_process(pid: i32, deadline: Instant, started: Instant) -> Result<(), KillError> {
     if pid as u32 == std::process::id() || !alive(pid) {
         return Ok(());
     }
     tracing::info!(pid, "stopping the running node process");
-    // SAFETY: sending SIGTERM to the pid recorded by the node process.
+    // SAFETY: SIGTERM to the live process that holds the directory's pid
+    // lock (checked just before), i.e. the node running on it.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     while alive(pid) {
         if Instant::now() >= deadline {
-            return Err(KillError::StillRunning { pid, secs: 0 });
+            return Err(KillError::StillRunning {
+                pid,
+                waited: started.elapsed(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

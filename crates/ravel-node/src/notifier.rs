@@ -4,24 +4,22 @@
 
 use openraft::ServerState;
 use ravel_consensus::types::{NodeId, Raft};
-use ravel_proto::admin::ravel_cluster_admin_client::RavelClusterAdminClient;
 use ravel_proto::admin::Node as AdminNode;
-use ravel_transport::retry::Backoff;
-use ravel_transport::ChannelPool;
-use tokio::sync::watch;
+use ravel_transport::retry::{Attempts, Backoff};
+use tokio_util::sync::CancellationToken;
 
-/// Runs until `shutdown` flips to true.
+use crate::admin_link::AdminLink;
+
+/// Runs until `shutdown` is cancelled.
 pub async fn run(
     raft: Raft,
     id: NodeId,
     me: AdminNode,
-    admin_addr: String,
-    pool: ChannelPool,
-    mut shutdown: watch::Receiver<bool>,
+    admin: AdminLink,
+    shutdown: CancellationToken,
 ) {
     let mut metrics = raft.metrics();
     let mut reported_term: Option<u64> = None;
-    let backoff = Backoff::default();
     loop {
         let (is_leader, term) = {
             let m = metrics.borrow_and_update();
@@ -31,50 +29,45 @@ pub async fn run(
             )
         };
         if is_leader && reported_term != Some(term) {
-            let mut attempt = 0;
-            loop {
-                let still = {
-                    let m = metrics.borrow();
-                    m.state == ServerState::Leader && m.current_term == term
-                };
-                if !still || *shutdown.borrow() {
-                    break;
+            // Stop retrying when leadership of this term ends (or on
+            // shutdown); the next term reports again.
+            let term_over = CancellationToken::new();
+            let watch_term = {
+                let mut metrics = metrics.clone();
+                let term_over = term_over.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    let _ = tokio::select! {
+                        r = metrics.wait_for(|m| m.state != ServerState::Leader || m.current_term != term) => r.map(|_| ()),
+                        _ = shutdown.cancelled() => Ok(()),
+                    };
+                    term_over.cancel();
                 }
-                match report(&pool, &admin_addr, &me).await {
-                    Ok(()) => {
-                        tracing::info!(term, cluster = %me.cluster_id, "admin acknowledged this node as leader");
-                        reported_term = Some(term);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(term, error = %e, "telling the admin about leadership failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff.pause(attempt)) => {}
-                            _ = shutdown.changed() => {}
-                        }
-                        attempt += 1;
-                    }
+            };
+            let attempts = Attempts::new(Backoff::default(), None).cancel_on(term_over.clone());
+            let report = admin.report_leader(&me, attempts);
+            let result = tokio::select! {
+                r = report => Some(r),
+                _ = watch_term => None,
+            };
+            term_over.cancel();
+            match result {
+                Some(Ok(())) => {
+                    tracing::info!(term, cluster = %me.cluster_id, "admin acknowledged this node as leader");
+                    reported_term = Some(term);
                 }
+                Some(Err(e)) => {
+                    // Refused for good (e.g. the admin no longer knows the
+                    // cluster): retrying this term would only repeat it.
+                    tracing::warn!(term, error = %e, "the admin refused this node's leadership report");
+                    reported_term = Some(term);
+                }
+                None => {}
             }
         }
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
+            _ = shutdown.cancelled() => return,
         }
     }
-}
-
-async fn report(pool: &ChannelPool, admin_addr: &str, me: &AdminNode) -> Result<(), String> {
-    let channel = pool.channel(admin_addr).map_err(|e| e.to_string())?;
-    let mut client = RavelClusterAdminClient::new(channel);
-    let mut req = tonic::Request::new(me.clone());
-    req.set_timeout(std::time::Duration::from_secs(2));
-    client
-        .update_cluster_leader(req)
-        .await
-        .map(|_| ())
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }

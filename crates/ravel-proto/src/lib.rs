@@ -39,6 +39,16 @@ pub mod ops {
     pub const GET_AND_DELETE: &str = "getAndDelete";
 }
 
+/// gRPC metadata keys Ravel processes send next to the fixed messages.
+/// Existing peers ignore them.
+pub mod metadata {
+    /// On responses and errors: the gRPC address of the leader that served
+    /// the request, or that the answering node believes leads.
+    pub const LEADER: &str = "x-ravel-leader";
+    /// On requests: forwarded by a follower; never forwarded again.
+    pub const FORWARDED: &str = "x-ravel-forwarded";
+}
+
 /// The status message with which existing nodes recognise a duplicate join
 /// (sent with code `UNKNOWN`), per the wire-protocol contract.
 pub const NODE_ALREADY_EXISTS: &str = "node already exists";

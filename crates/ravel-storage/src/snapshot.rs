@@ -11,6 +11,9 @@
 //! trailer: 'E' | chunks u64 | entries u64 | crc32(chunks, entries) u32
 //! ```
 //!
+//! (Over 400 lines: the writer, the reader and the tests of one format
+//! belong together.)
+//!
 //! The header is opaque to this crate: the consensus layer stores the Raft
 //! snapshot metadata there. Import verifies every checksum while it fills one
 //! `WriteBatch`, and commits it (synced) only once the trailer checks out: a

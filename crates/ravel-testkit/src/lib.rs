@@ -7,6 +7,8 @@
 //! crashed (stopped without leaving), restarted on their data, partitioned
 //! and healed. Every wait has a timeout.
 
+pub mod http;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -167,9 +169,9 @@ impl TestSystem {
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> ravel_admin::http_client::JsonResponse {
+    ) -> http::JsonResponse {
         let bytes = body.map(|b| serde_json::to_vec(&b).expect("json"));
-        ravel_admin::http_client::request(
+        http::request(
             self.http_addr(),
             method,
             path,
@@ -202,6 +204,8 @@ impl TestSystem {
             raft: self.settings.raft.clone(),
             snapshot: self.settings.snapshot.clone(),
             limits: self.settings.limits.clone(),
+            log_format: Default::default(),
+            source_ip: None,
         };
         config.validate().expect("valid test config");
         let node = Node::start(

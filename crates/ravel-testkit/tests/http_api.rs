@@ -96,7 +96,7 @@ async fn json_values_round_trip_and_errors_are_precise() {
         b"{\"key\": \"\", \"val\": 1}",
         b"{\"key\": \"k\"}",
     ] {
-        let r = ravel_admin::http_client::request(
+        let r = ravel_testkit::http::request(
             sys.http_addr(),
             "POST",
             "/put",
@@ -108,7 +108,7 @@ async fn json_values_round_trip_and_errors_are_precise() {
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(body));
         assert!(r.body["error"].is_string());
     }
-    let r = ravel_admin::http_client::request(
+    let r = ravel_testkit::http::request(
         sys.http_addr(),
         "PUT",
         "/v1/kv/x",
@@ -164,7 +164,7 @@ async fn json_values_round_trip_and_errors_are_precise() {
         .map(|i| format!("probe-{i}"))
         .find(|k| {
             let p = ravel_proto::partition_of(k.as_bytes(), 271);
-            let owners = ravel_admin::ring::RingConfig::default()
+            let owners = ravel_admin::ring::HashRing::default()
                 .owners(&sys.admin().registry().snapshot().ring.members);
             owners[p as usize] == sys.nodes[0].cluster_id
         })

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use ravel_admin::http_client::request;
-use ravel_admin::ring::RingConfig;
+use ravel_admin::ring::HashRing;
+use ravel_testkit::http::request;
 use ravel_testkit::{wait_for, TestSystem};
 use serde_json::{json, Value};
 
@@ -88,8 +88,8 @@ fn start_writers(
 
 /// Every key reads back as the model says, and lives only on its owner.
 async fn verify(sys: &TestSystem, model: &Model) {
-    let members = sys.admin().registry().snapshot().ring.members;
-    let owners = RingConfig::default().owners(&members);
+    let members = sys.admin().registry().snapshot().ring.members.clone();
+    let owners = HashRing::default().owners(&members);
     let mut wrong = Vec::new();
     for (key, expected) in model {
         let r = sys.http("POST", "/get", Some(json!({"key": key}))).await;
@@ -107,7 +107,7 @@ async fn verify(sys: &TestSystem, model: &Model) {
             if &n.cluster_id != owner && held.is_some() {
                 wrong.push(format!("{key}: still on {} (owner {owner})", n.cluster_id));
             }
-            if &n.cluster_id == owner && held.as_deref() == Some(ravel_admin::kv::TOMBSTONE) {
+            if &n.cluster_id == owner && held.as_deref() == Some(ravel_admin::TOMBSTONE) {
                 wrong.push(format!("{key}: tombstone left on {owner}"));
             }
         }
@@ -125,7 +125,7 @@ async fn wait_relocations(sys: &TestSystem, done: u64) {
         Duration::from_secs(60),
         &format!("{done} relocations to finish"),
         || {
-            let r = sys.admin().registry().snapshot().ring;
+            let r = sys.admin().registry().snapshot().ring.clone();
             async move { (r.relocation.is_none() && r.relocations_done >= done).then_some(()) }
         },
     )
@@ -161,7 +161,7 @@ async fn third_cluster_added_while_writers_run() {
         model.extend(w.await.unwrap());
     }
 
-    let ring = sys.admin().registry().snapshot().ring;
+    let ring = sys.admin().registry().snapshot().ring.clone();
     assert!(ring.members.contains(&third_id));
     let moved = ring.moved_keys_total - before;
     let expected = N as f64 / 3.0;
@@ -215,7 +215,7 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
         Duration::from_secs(30),
         "the relocation to be under way",
         || {
-            let r = sys.admin().registry().snapshot().ring.relocation;
+            let r = sys.admin().registry().snapshot().ring.relocation.clone();
             async move { r.filter(|r| r.moved_keys > 0).map(|_| ()) }
         },
     )
@@ -227,6 +227,7 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
     let r = on_disk
         .ring
         .relocation
+        .clone()
         .expect("relocation persisted as in progress");
     println!(
         "admin stopped with {} of {} partitions pending, {} keys moved",

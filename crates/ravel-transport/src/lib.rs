@@ -1,29 +1,18 @@
 //! # ravel-transport
 //!
-//! The gRPC plumbing of Ravel processes:
+//! The gRPC plumbing every Ravel process shares, with no business rules and
+//! no Raft: what to send, and when, is the node's and the admin's business.
 //!
-//! - [`RaftNetworkFactoryImpl`] / [`RaftPeer`]: openraft's network over tonic
-//!   (client side), snapshots streamed in checksummed chunks with per-chunk
-//!   and whole-transfer deadlines;
-//! - [`RaftService`]: the server side, feeding the local openraft instance;
 //! - [`ChannelPool`]: one lazily-connected channel per peer address;
-//! - [`retry`]: the one retry policy (exponential backoff within a deadline);
+//! - [`retry`]: the one retry policy (backoff with jitter, deadline, cancel);
+//! - [`TransportError`]: what went wrong talking to a peer, classified once;
 //! - [`Faults`]: test-only fault injection (feature `fault-injection`).
-//!
-//! No business rules live here: what to send, and when, is the node's and
-//! the admin's business.
 
 mod error;
 mod faults;
 mod pool;
-mod raft_network;
-mod raft_service;
 pub mod retry;
 
 pub use error::TransportError;
 pub use faults::Faults;
 pub use pool::{ChannelOptions, ChannelPool};
-pub use raft_network::{
-    RaftNetworkFactoryImpl, RaftPeer, SnapshotTransfer, MAX_RAFT_MESSAGE_BYTES,
-};
-pub use raft_service::RaftService;

@@ -2,6 +2,7 @@
 //! of this process.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ pub struct ChannelOptions {
     /// HTTP/2 keep-alive pings notice a vanished peer on an idle connection.
     pub keep_alive_interval: Duration,
     pub keep_alive_timeout: Duration,
+    /// Outbound connections leave from this local IP (multi-homed hosts;
+    /// tests give each process its own loopback IP). `None`: the OS picks.
+    pub source_ip: Option<IpAddr>,
 }
 
 impl Default for ChannelOptions {
@@ -25,6 +29,7 @@ impl Default for ChannelOptions {
             connect_timeout: Duration::from_millis(500),
             keep_alive_interval: Duration::from_secs(5),
             keep_alive_timeout: Duration::from_secs(5),
+            source_ip: None,
         }
     }
 }
@@ -67,6 +72,7 @@ impl ChannelPool {
             .http2_keep_alive_interval(self.options.keep_alive_interval)
             .keep_alive_timeout(self.options.keep_alive_timeout)
             .keep_alive_while_idle(true)
+            .local_address(self.options.source_ip)
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ravel_admin::http_client::{request, JsonResponse};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -59,22 +59,48 @@ fn main() -> ExitCode {
     rt.block_on(run(cli))
 }
 
+/// An answer of the admin: status and JSON body (`Null` if empty).
+struct JsonResponse {
+    status: u16,
+    body: Value,
+}
+
 async fn call(
     admin: &str,
-    method: &str,
+    method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> Result<JsonResponse, String> {
-    let bytes = body.map(|b| serde_json::to_vec(&b).expect("json"));
-    request(
-        admin,
-        method,
-        path,
-        bytes.as_deref(),
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    let base = if admin.contains("://") {
+        admin.to_string()
+    } else {
+        format!("http://{admin}")
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the admin at {admin}: {e}"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the admin's answer: {e}"))?;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("malformed answer from the admin: {e}"))?
+    };
+    Ok(JsonResponse { status, body })
 }
 
 fn fail(r: &JsonResponse) -> ExitCode {
@@ -99,15 +125,23 @@ async fn run(cli: Cli) -> ExitCode {
                 serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.clone()));
             call(
                 &cli.admin,
-                "POST",
+                Method::POST,
                 "/put",
                 Some(json!({"key": key, "val": v})),
             )
             .await
         }
-        Cmd::Get { key } => call(&cli.admin, "POST", "/get", Some(json!({"key": key}))).await,
-        Cmd::Delete { key } => call(&cli.admin, "POST", "/delete", Some(json!({"key": key}))).await,
-        Cmd::Status { .. } => call(&cli.admin, "GET", "/v1/cluster", None).await,
+        Cmd::Get { key } => call(&cli.admin, Method::POST, "/get", Some(json!({"key": key}))).await,
+        Cmd::Delete { key } => {
+            call(
+                &cli.admin,
+                Method::POST,
+                "/delete",
+                Some(json!({"key": key})),
+            )
+            .await
+        }
+        Cmd::Status { .. } => call(&cli.admin, Method::GET, "/v1/cluster", None).await,
     };
     let r = match result {
         Ok(r) => r,

@@ -12,7 +12,7 @@ use ravel_proto::raft::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::raft_network::MAX_RAFT_MESSAGE_BYTES;
+use super::MAX_RAFT_MESSAGE_BYTES;
 
 /// Serves `ravel.raft.v1.Raft` for one replica.
 #[derive(Clone)]

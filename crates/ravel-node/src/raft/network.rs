@@ -24,15 +24,12 @@ use ravel_consensus::codec;
 use ravel_consensus::types::{NodeId, TypeConfig, Vote};
 use ravel_proto::raft::raft_client::RaftClient;
 use ravel_proto::raft::{RaftMessage, SnapshotChunk};
+use ravel_transport::{ChannelPool, Faults, TransportError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::error::TransportError;
-use crate::faults::Faults;
-use crate::pool::ChannelPool;
+use crate::config::SnapshotSettings;
 
-/// Largest gRPC message we accept or send on the Raft service; append
-/// batches and snapshot chunks stay well under it.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
+use super::MAX_RAFT_MESSAGE_BYTES;
 
 /// How snapshots travel.
 #[derive(Debug, Clone)]
@@ -45,26 +42,27 @@ pub struct SnapshotTransfer {
     pub total_timeout: Duration,
 }
 
-impl Default for SnapshotTransfer {
-    fn default() -> Self {
+impl SnapshotTransfer {
+    pub fn from_settings(s: &SnapshotSettings) -> Self {
         Self {
-            chunk_bytes: 1 << 20,
-            chunk_timeout: Duration::from_secs(10),
-            total_timeout: Duration::from_secs(600),
+            chunk_bytes: s.chunk_bytes,
+            chunk_timeout: Duration::from_millis(s.chunk_timeout_ms),
+            total_timeout: Duration::from_millis(s.transfer_timeout_ms),
         }
     }
 }
 
-/// Makes a [`RaftPeer`] per target replica.
+/// openraft's network factory over gRPC: makes a [`RaftPeer`] per target
+/// replica.
 #[derive(Debug, Clone)]
-pub struct RaftNetworkFactoryImpl {
+pub struct GrpcRaftNetwork {
     id: NodeId,
     pool: ChannelPool,
     faults: Faults,
     snapshot: SnapshotTransfer,
 }
 
-impl RaftNetworkFactoryImpl {
+impl GrpcRaftNetwork {
     pub fn new(id: NodeId, pool: ChannelPool, faults: Faults, snapshot: SnapshotTransfer) -> Self {
         Self {
             id,
@@ -75,7 +73,7 @@ impl RaftNetworkFactoryImpl {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
+impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
     type Network = RaftPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> RaftPeer {

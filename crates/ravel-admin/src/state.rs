@@ -1,0 +1,62 @@
+//! What the admin's gRPC service, HTTP API and mover share: one
+//! [`AdminState`], built once by `Admin::start` and passed as one `Arc`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ravel_transport::{ChannelOptions, ChannelPool};
+use tokio::sync::{Notify, RwLock};
+
+use crate::config::AdminConfig;
+use crate::registry::Registry;
+use crate::router::Router;
+
+/// Size limits the admin enforces before a request reaches a node.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Deadline of one user request, leader discovery and retries included.
+    pub request_timeout: Duration,
+}
+
+pub struct AdminState {
+    /// Clusters, replicas, leaders, ring and relocation progress; every
+    /// change persisted before it is acknowledged. Shared with the router,
+    /// which routes from its snapshots.
+    pub registry: Arc<Registry>,
+    /// Key → cluster → leader; owns the hash ring and the channel pool.
+    pub router: Router,
+    /// The routing gate: every user request holds it for reading while it
+    /// is routed and served; a ring change takes it for writing, so no
+    /// request routed by the old ring is still in flight once the change
+    /// is visible.
+    pub gate: RwLock<()>,
+    /// Wakes the mover (a cluster became ready or asked to drain).
+    pub wake: Notify,
+    pub limits: Limits,
+}
+
+impl AdminState {
+    pub fn new(registry: Registry, cfg: &AdminConfig) -> Self {
+        let registry = Arc::new(registry);
+        Self {
+            router: Router::new(
+                registry.clone(),
+                ChannelPool::new(ChannelOptions {
+                    source_ip: cfg.source_ip,
+                    ..Default::default()
+                }),
+                cfg.ring,
+            ),
+            registry,
+            gate: RwLock::new(()),
+            wake: Notify::new(),
+            limits: Limits {
+                max_key_bytes: cfg.max_key_bytes,
+                max_value_bytes: cfg.max_value_bytes,
+                request_timeout: cfg.request_timeout(),
+            },
+        }
+    }
+}

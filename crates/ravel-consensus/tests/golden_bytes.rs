@@ -1,0 +1,136 @@
+//! The on-disk and on-wire bytes of `ravel_consensus::codec`, pinned.
+//!
+//! Every value openraft hands us to store (log entries, the vote, the
+//! committed and applied log ids, memberships, snapshot metadata) is
+//! written as a version byte plus bincode 1.x. These tests fail if any of
+//! those bytes change: a change makes existing data directories unreadable
+//! (or, worse, misread), so it needs a new `CODEC_VERSION` and a decoder for
+//! the old one. They also pin the encoding we must keep reading when we
+//! leave bincode 1.x (RUSTSEC-2025-0141, unmaintained): see "Leaving
+//! bincode" in ARCHITECTURE.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{BasicNode, CommittedLeaderId, EntryPayload, Membership};
+use ravel_consensus::codec::{decode, encode};
+use ravel_consensus::types::{Entry, LogId, SnapshotMeta, StoredMembership, Vote};
+use ravel_consensus::Command;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn membership() -> Membership<u64, BasicNode> {
+    Membership::new(
+        vec![BTreeSet::from([1, 2])],
+        BTreeMap::from([
+            (1, BasicNode::new("127.0.0.1:7101")),
+            (2, BasicNode::new("127.0.0.1:7102")),
+            (3, BasicNode::new("127.0.0.1:7103")),
+        ]),
+    )
+}
+
+/// Encodes `value`, checks the bytes against `expected` (hex), and checks
+/// that the pinned bytes decode back to `value`.
+fn pin<T>(what: &str, value: &T, expected: &str)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = encode(value).unwrap();
+    assert_eq!(hex(&bytes), expected, "{what}: encoding changed");
+    let raw: Vec<u8> = (0..expected.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&expected[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        &decode::<T>(&raw).unwrap(),
+        value,
+        "{what}: decoding changed"
+    );
+}
+
+#[test]
+fn log_entries() {
+    let set = Entry {
+        log_id: log_id(2, 42),
+        payload: EntryPayload::Normal(Command::Set {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }),
+    };
+    pin("set entry", &set, SET_ENTRY);
+    let batch = Entry {
+        log_id: log_id(3, 43),
+        payload: EntryPayload::Normal(Command::Batch(vec![
+            Command::Set {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            },
+            Command::Delete { key: b"b".to_vec() },
+            Command::GetAndDelete { key: b"c".to_vec() },
+            Command::SetIfAbsent {
+                key: b"d".to_vec(),
+                value: b"2".to_vec(),
+            },
+            Command::DeleteIfEqual {
+                key: b"e".to_vec(),
+                value: b"3".to_vec(),
+            },
+        ])),
+    };
+    pin("batch entry", &batch, BATCH_ENTRY);
+    let blank = Entry {
+        log_id: log_id(4, 44),
+        payload: EntryPayload::Blank,
+    };
+    pin("blank entry", &blank, BLANK_ENTRY);
+    let member = Entry {
+        log_id: log_id(5, 45),
+        payload: EntryPayload::Membership(membership()),
+    };
+    pin("membership entry", &member, MEMBERSHIP_ENTRY);
+}
+
+#[test]
+fn raft_metadata() {
+    pin("committed vote", &Vote::new_committed(7, 2), COMMITTED_VOTE);
+    pin("uncommitted vote", &Vote::new(8, 3), VOTE);
+    pin("log id", &Some(log_id(2, 42)), SOME_LOG_ID);
+    pin("no log id", &None::<LogId>, NO_LOG_ID);
+}
+
+#[test]
+fn state_machine_metadata() {
+    let stored = StoredMembership::new(Some(log_id(5, 45)), membership());
+    pin("stored membership", &stored, STORED_MEMBERSHIP);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(6, 100)),
+        last_membership: stored,
+        snapshot_id: "6-100-abc".into(),
+    };
+    pin("snapshot meta", &meta, SNAPSHOT_META);
+}
+
+// Captured from the encoder of CODEC_VERSION 1 (bincode 1.3, fixed-width
+// little-endian integers, u64 lengths); never regenerate them to make a
+// failing test pass.
+const SET_ENTRY: &str =
+    "01020000000000000001000000000000002a00000000000000010000000000000001000000000000006b010000000000000076";
+const BATCH_ENTRY: &str =
+    "01030000000000000001000000000000002b00000000000000010000000300000005000000000000000000000001000000000000006101000000000000003101000000010000000000000062020000000100000000000000630400000001000000000000006401000000000000003205000000010000000000000065010000000000000033";
+const BLANK_ENTRY: &str = "01040000000000000001000000000000002c0000000000000000000000";
+const MEMBERSHIP_ENTRY: &str =
+    "01050000000000000001000000000000002d00000000000000020000000100000000000000020000000000000001000000000000000200000000000000030000000000000001000000000000000e000000000000003132372e302e302e313a3731303102000000000000000e000000000000003132372e302e302e313a3731303203000000000000000e000000000000003132372e302e302e313a37313033";
+const COMMITTED_VOTE: &str = "010700000000000000020000000000000001";
+const VOTE: &str = "010800000000000000030000000000000000";
+const SOME_LOG_ID: &str = "0101020000000000000001000000000000002a00000000000000";
+const NO_LOG_ID: &str = "0100";
+const STORED_MEMBERSHIP: &str =
+    "0101050000000000000001000000000000002d000000000000000100000000000000020000000000000001000000000000000200000000000000030000000000000001000000000000000e000000000000003132372e302e302e313a3731303102000000000000000e000000000000003132372e302e302e313a3731303203000000000000000e000000000000003132372e302e302e313a37313033";
+const SNAPSHOT_META: &str =
+    "010106000000000000000100000000000000640000000000000001050000000000000001000000000000002d000000000000000100000000000000020000000000000001000000000000000200000000000000030000000000000001000000000000000e000000000000003132372e302e302e313a3731303102000000000000000e000000000000003132372e302e302e313a3731303203000000000000000e000000000000003132372e302e302e313a373130330900000000000000362d3130302d616263";

@@ -1,0 +1,152 @@
+//! The `ravel-node` command line: run a replica, or remove one for good.
+//! The binary's `main` is [`main`]; the testkit's test binaries call it
+//! too, so tests start real processes through exactly this code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ravel_runtime::logging::{self, LogFormat};
+
+use crate::config::{NodeConfig, Overrides};
+use crate::kill;
+use crate::node::{Node, NodeError, StartOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "ravel-node",
+    version,
+    about = "A Ravel replica: one member of a Raft group replicating a RocksDB key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a replica. On first start it registers with the admin and founds
+    /// (--leader) or joins a cluster; later starts rejoin from the data dir.
+    ///
+    /// Settings come from defaults, then --config FILE (TOML), then RAVEL_*
+    /// environment variables (RAVEL_DATA_DIR, RAVEL_LIMITS__MAX_VALUE_BYTES,
+    /// ...), then these flags.
+    Start {
+        /// TOML configuration file (see deploy/node.toml).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory: database, snapshots, identity.
+        #[arg(short = 's', long = "storagedir", value_name = "DIR")]
+        storage_dir: Option<PathBuf>,
+        /// This node's gRPC address (bound and advertised).
+        #[arg(short = 'g', long = "grpcaddr", value_name = "HOST:PORT")]
+        grpc_addr: Option<String>,
+        /// Raft address reported to the admin; Raft runs on the gRPC server,
+        /// so this defaults to --grpcaddr.
+        #[arg(short = 'r', long = "raftaddr", value_name = "HOST:PORT")]
+        raft_addr: Option<String>,
+        /// The admin's gRPC address.
+        #[arg(short = 'a', long = "adminrpcaddr", value_name = "HOST:PORT")]
+        admin_addr: Option<String>,
+        /// Found a new cluster (first start only); without it, join one.
+        #[arg(short = 'l', long = "leader")]
+        leader: bool,
+    },
+    /// Leave the cluster for good and delete the data directory: asks the
+    /// admin for the leader, leaves through it, deregisters, stops a node
+    /// still running on DIR, deletes DIR.
+    Kill {
+        /// The data directory of the replica to remove.
+        #[arg(short = 's', long = "storagedir", value_name = "DIR")]
+        storage_dir: PathBuf,
+        /// Give up after this many seconds (the last replica of a cluster
+        /// waits while the admin moves the cluster's keys away).
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+}
+
+/// openraft logs routine membership and vote changes at warn.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error";
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ravel-node: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Cmd::Start {
+            config,
+            storage_dir,
+            grpc_addr,
+            raft_addr,
+            admin_addr,
+            leader,
+        } => {
+            let overrides = Overrides {
+                data_dir: storage_dir,
+                grpc_addr,
+                raft_addr,
+                admin_addr,
+                found_cluster: leader,
+            };
+            let cfg = match NodeConfig::load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ravel-node: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            logging::init(cfg.log_format, DEFAULT_LOG_FILTER);
+            rt.block_on(run(cfg))
+        }
+        Cmd::Kill {
+            storage_dir,
+            timeout_secs,
+        } => {
+            logging::init(LogFormat::Text, DEFAULT_LOG_FILTER);
+            match rt.block_on(kill::kill(&storage_dir, Duration::from_secs(timeout_secs))) {
+                Ok(()) => {
+                    println!(
+                        "removed the replica in {} from its cluster and deleted its data",
+                        storage_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ravel-node kill: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(cfg: NodeConfig) -> ExitCode {
+    let node = match Node::start(cfg, StartOptions::default()).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("ravel-node: {e}");
+            return match e {
+                NodeError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    tracing::info!(
+        node = node.id(),
+        cluster = node.cluster_id(),
+        addr = node.addr(),
+        "serving"
+    );
+    ravel_runtime::signal::terminated().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}

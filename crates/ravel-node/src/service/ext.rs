@@ -1,0 +1,181 @@
+//! `ravel.node.v1.RavelNodeExt`: what the compatibility service lacks.
+//! `Status` (this replica's view of its cluster) is served by any replica;
+//! partition listings and conditional writes (the mover's tools) by the
+//! leader only: callers find the leader themselves.
+
+use std::collections::HashSet;
+
+use ravel_consensus::types::NodeId;
+use ravel_consensus::{Command, CommandResult};
+use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
+use ravel_proto::ext::{
+    Applied, KeyValue, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::leadership::Unconfirmed;
+use super::{NodeService, NodeState};
+
+/// Largest page a listing returns, whatever the caller asks for.
+const MAX_LIST_LIMIT: u32 = 10_000;
+/// Keys read from the database per scan step of a listing.
+const SCAN_STEP: usize = 512;
+
+#[tonic::async_trait]
+impl RavelNodeExt for NodeService {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(status(&self.state)))
+    }
+
+    async fn list_partitions(
+        &self,
+        request: Request<ListPartitionsRequest>,
+    ) -> Result<Response<ListPartitionsResponse>, Status> {
+        list_partitions(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_if_absent(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
+        let kv = request.into_inner();
+        conditional(
+            &self.state,
+            Command::SetIfAbsent {
+                key: kv.key,
+                value: kv.value,
+            },
+        )
+        .await
+    }
+
+    async fn delete_if_equal(
+        &self,
+        request: Request<KeyValue>,
+    ) -> Result<Response<Applied>, Status> {
+        let kv = request.into_inner();
+        conditional(
+            &self.state,
+            Command::DeleteIfEqual {
+                key: kv.key,
+                value: kv.value,
+            },
+        )
+        .await
+    }
+}
+
+fn status(s: &NodeState) -> StatusResponse {
+    let m = s.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let fmt = |id: NodeId| {
+        let addr = membership
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        format!("{id}={addr}")
+    };
+    let leader_addr = m
+        .current_leader
+        .and_then(|l| membership.get_node(&l))
+        .map(|n| n.addr.clone())
+        .unwrap_or_default();
+    StatusResponse {
+        node_id: s.id.to_string(),
+        cluster_id: s.cluster_id.clone(),
+        leader_id: m.current_leader.map(|l| l.to_string()).unwrap_or_default(),
+        leader_grpc_address: leader_addr,
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        last_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        voters: membership.voter_ids().map(fmt).collect(),
+        learners: membership.learner_ids().map(fmt).collect(),
+    }
+}
+
+/// A page of the entries of the given partitions, in key order after the
+/// cursor, as of a confirmed read index.
+async fn list_partitions(
+    s: &NodeState,
+    req: ListPartitionsRequest,
+) -> Result<ListPartitionsResponse, Status> {
+    if req.partition_count == 0 {
+        return Err(Status::invalid_argument("partition_count must be > 0"));
+    }
+    if let Some(p) = req.partitions.iter().find(|p| **p >= req.partition_count) {
+        return Err(Status::invalid_argument(format!(
+            "partition {p} >= partition_count"
+        )));
+    }
+    s.leader_only()?;
+    match s.confirm_leadership(s.deadline()).await {
+        Ok(()) => {}
+        Err(Unconfirmed::NotLeader) => {
+            return Err(Status::unavailable(
+                "cannot serve a consistent listing: not the leader",
+            ))
+        }
+        Err(Unconfirmed::Unavailable(st)) => return Err(st),
+    }
+    let wanted: HashSet<u32> = req.partitions.iter().copied().collect();
+    let limit = req.limit.clamp(1, MAX_LIST_LIMIT) as usize;
+    // Scan at most this many keys per call, matching or not, so one page
+    // costs bounded time whatever the partitions hold.
+    let scan_budget = limit.saturating_mul(64).max(4096);
+    let mut start = req.after_key.clone();
+    let mut skip_first = req.has_after;
+    let mut entries = Vec::new();
+    let mut scanned = 0usize;
+    let mut last_key = req.after_key.clone();
+    let mut done = false;
+    while entries.len() < limit && scanned < scan_budget {
+        let page = s
+            .engine
+            .scan(&start, SCAN_STEP)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if page.is_empty() || (skip_first && page.len() == 1 && page[0].0 == start) {
+            done = true;
+            break;
+        }
+        for (k, v) in page.iter() {
+            if skip_first && *k == start {
+                continue;
+            }
+            scanned += 1;
+            last_key = k.clone();
+            if wanted.contains(&ravel_proto::partition_of(k, req.partition_count)) {
+                entries.push(KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+                if entries.len() >= limit {
+                    break;
+                }
+            }
+            if scanned >= scan_budget {
+                break;
+            }
+        }
+        start = last_key.clone();
+        skip_first = true;
+    }
+    Ok(ListPartitionsResponse {
+        entries,
+        done,
+        last_key,
+    })
+}
+
+/// `SetIfAbsent` / `DeleteIfEqual`: validated, replicated, applied.
+async fn conditional(s: &NodeState, cmd: Command) -> Result<Response<Applied>, Status> {
+    if let Command::SetIfAbsent { key, value } | Command::DeleteIfEqual { key, value } = &cmd {
+        s.check_sizes(key, value)?;
+    }
+    s.leader_only()?;
+    match s.replicate(cmd, s.deadline()).await? {
+        CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}

@@ -1,0 +1,160 @@
+//! Who leads, as this node sees it; confirming leadership with a quorum
+//! (the read index every linearizable answer waits for); forwarding a
+//! request to the leader.
+
+use std::time::Duration;
+
+use openraft::error::RaftError;
+use openraft::ServerState;
+use ravel_consensus::types::NodeId;
+use ravel_proto::metadata;
+use ravel_proto::node::ravel_node_client::RavelNodeClient;
+use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::status::{set_leader, transport_status};
+use super::NodeState;
+
+/// Who leads, as this node sees it now.
+pub(super) enum Leadership {
+    Local,
+    Remote { id: NodeId, addr: String },
+    Unknown,
+}
+
+/// Why leadership could not be confirmed.
+pub(super) enum Unconfirmed {
+    /// Another node leads (or leadership moved): safe to forward.
+    NotLeader,
+    /// No quorum answered by the deadline, or Raft failed.
+    Unavailable(Status),
+}
+
+impl NodeState {
+    pub(super) fn leadership(&self) -> Leadership {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id == self.id && m.state == ServerState::Leader => Leadership::Local,
+            Some(id) if id != self.id => match m.membership_config.membership().get_node(&id) {
+                Some(node) => Leadership::Remote {
+                    id,
+                    addr: node.addr.clone(),
+                },
+                None => Leadership::Unknown,
+            },
+            _ => Leadership::Unknown,
+        }
+    }
+
+    /// Waits (until `deadline`) for some node to be known as leader.
+    pub(super) async fn await_leader(&self, deadline: Instant) -> Result<Leadership, Status> {
+        loop {
+            match self.leadership() {
+                Leadership::Unknown => {}
+                known => return Ok(known),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Status::unavailable(
+                    "no leader elected within the request deadline",
+                ));
+            }
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            let _ = self
+                .raft
+                .wait(Some(wait))
+                .metrics(|m| m.current_leader.is_some(), "leader known")
+                .await;
+        }
+    }
+
+    /// Confirms with a quorum that this node still leads, and waits until
+    /// its state machine has applied everything committed before the
+    /// confirmation (Raft's read index). Every linearizable answer (`get`,
+    /// `IsLeader`, partition listings) goes through here.
+    pub(super) async fn confirm_leadership(&self, deadline: Instant) -> Result<(), Unconfirmed> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(Unconfirmed::Unavailable(Status::unavailable(
+                "could not confirm leadership with a quorum within the request deadline",
+            ))),
+            Ok(Err(RaftError::APIError(_))) => Err(Unconfirmed::NotLeader),
+            Ok(Err(e)) => Err(Unconfirmed::Unavailable(Status::unavailable(e.to_string()))),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// The Ravel-specific RPCs are served by the leader only; callers (the
+    /// admin) find the leader themselves.
+    pub(super) fn leader_only(&self) -> Result<(), Status> {
+        match self.leadership() {
+            Leadership::Local => Ok(()),
+            other => Err(self.not_leader(&other)),
+        }
+    }
+
+    /// `UNAVAILABLE` naming the leader (message and `x-ravel-leader`).
+    pub(super) fn not_leader(&self, leader: &Leadership) -> Status {
+        match leader {
+            Leadership::Remote { addr, .. } => {
+                let mut s = Status::unavailable(format!("not the leader; the leader is {addr}"));
+                if let Ok(v) = addr.parse() {
+                    s.metadata_mut().insert(metadata::LEADER, v);
+                }
+                s
+            }
+            _ => Status::unavailable("not the leader, and no leader is known"),
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<RavelNodeClient<Channel>, Status> {
+        Ok(RavelNodeClient::new(
+            self.pool.channel(addr).map_err(transport_status)?,
+        ))
+    }
+
+    /// Sends a request to the leader on behalf of a client, marked as
+    /// forwarded, with the client's remaining deadline.
+    pub(super) async fn forward<Req, Resp, F, Fut>(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        body: Req,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(RavelNodeClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        self.faults
+            .check(self.id, leader)
+            .await
+            .map_err(transport_status)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut req = Request::new(body);
+        req.set_timeout(remaining);
+        req.metadata_mut()
+            .insert(metadata::FORWARDED, MetadataValue::from_static("1"));
+        let client = self.client(addr)?;
+        let mut resp = match tokio::time::timeout(remaining, call(client, req)).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "leader {addr} did not answer the forwarded request in time"
+                )))
+            }
+            Ok(r) => r?,
+        };
+        if !resp.metadata().contains_key(metadata::LEADER) {
+            set_leader(&mut resp, addr);
+        }
+        Ok(resp)
+    }
+}
+
+/// Whether a request arrived forwarded by a follower.
+pub(super) fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(metadata::FORWARDED)
+}

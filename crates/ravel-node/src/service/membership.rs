@@ -1,0 +1,176 @@
+//! `Join` and `Leave`: changing the Raft group's membership on the leader
+//! (a follower forwards). A join adds the node as a learner, waits until it
+//! has caught up, then promotes it to voter; a voter joining again gets
+//! `UNKNOWN "node already exists"`, as existing nodes expect. Leaving is
+//! idempotent.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers};
+use ravel_consensus::types::NodeId;
+use ravel_proto::node::ravel_node_client::RavelNodeClient;
+use ravel_proto::node::{Node, Void};
+use ravel_proto::NODE_ALREADY_EXISTS;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::leadership::{is_forwarded, Leadership};
+use super::status::{membership_in_progress, membership_status, set_leader};
+use super::NodeState;
+
+pub(super) async fn join(s: &NodeState, request: Request<Node>) -> Result<Response<Void>, Status> {
+    let forwarded = is_forwarded(&request);
+    let node = request.into_inner();
+    let id = parse_node_id(&node)?;
+    if node.grpc_address.is_empty() {
+        return Err(Status::invalid_argument("grpc_address must not be empty"));
+    }
+    let deadline = Instant::now() + s.join_timeout;
+    let addr = node.grpc_address.clone();
+    membership_call(
+        s,
+        forwarded,
+        node,
+        deadline,
+        join_local(s, id, addr, deadline),
+        |mut c, r| async move { c.join(r).await },
+    )
+    .await
+}
+
+pub(super) async fn leave(s: &NodeState, request: Request<Node>) -> Result<Response<Void>, Status> {
+    let forwarded = is_forwarded(&request);
+    let node = request.into_inner();
+    let id = parse_node_id(&node)?;
+    let deadline = Instant::now() + s.join_timeout;
+    membership_call(
+        s,
+        forwarded,
+        node,
+        deadline,
+        leave_local(s, id, deadline),
+        |mut c, r| async move { c.leave(r).await },
+    )
+    .await
+}
+
+fn parse_node_id(node: &Node) -> Result<NodeId, Status> {
+    match node.node_id.parse::<NodeId>() {
+        Ok(id) if id != 0 => Ok(id),
+        _ => Err(Status::invalid_argument(format!(
+            "node_id {:?} is not a non-zero decimal u64",
+            node.node_id
+        ))),
+    }
+}
+
+/// Runs `local` on the leader, or forwards the request to it.
+async fn membership_call<L, F, Fut>(
+    s: &NodeState,
+    forwarded: bool,
+    node: Node,
+    deadline: Instant,
+    local: L,
+    forward: F,
+) -> Result<Response<Void>, Status>
+where
+    L: std::future::Future<Output = Result<(), Status>>,
+    F: FnOnce(RavelNodeClient<Channel>, Request<Node>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Void>, Status>>,
+{
+    match s.await_leader(deadline).await? {
+        Leadership::Local => {
+            local.await?;
+            let mut resp = Response::new(Void {});
+            set_leader(&mut resp, &s.advertised);
+            Ok(resp)
+        }
+        l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
+        Leadership::Remote { id, addr } => s.forward(id, &addr, node, deadline, forward).await,
+        Leadership::Unknown => unreachable!("await_leader returns a known leader"),
+    }
+}
+
+/// Runs a membership change, waiting out a change already in progress.
+async fn change_membership(
+    s: &NodeState,
+    change: ChangeMembers<NodeId, BasicNode>,
+    deadline: Instant,
+) -> Result<(), Status> {
+    loop {
+        match s.raft.change_membership(change.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(e) if membership_in_progress(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(membership_status(e)),
+        }
+    }
+}
+
+async fn join_local(
+    s: &NodeState,
+    id: NodeId,
+    addr: String,
+    deadline: Instant,
+) -> Result<(), Status> {
+    let m = s.raft.metrics().borrow().membership_config.clone();
+    if m.membership().voter_ids().any(|v| v == id) {
+        return Err(Status::unknown(NODE_ALREADY_EXISTS));
+    }
+    tracing::info!(node = id, %addr, "join: adding learner and waiting for it to catch up");
+    let node = BasicNode { addr };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, s.raft.add_learner(id, node, true)).await {
+        Err(_) => {
+            return Err(Status::deadline_exceeded(
+                "the new replica did not catch up within the join timeout; join again to continue",
+            ))
+        }
+        Ok(Err(e)) => return Err(membership_status(e)),
+        Ok(Ok(_)) => {}
+    }
+    tracing::info!(node = id, "join: learner caught up, promoting to voter");
+    change_membership(
+        s,
+        ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+        deadline,
+    )
+    .await
+}
+
+async fn leave_local(s: &NodeState, id: NodeId, deadline: Instant) -> Result<(), Status> {
+    let m = s.raft.metrics().borrow().membership_config.clone();
+    let membership = m.membership();
+    if membership.get_node(&id).is_none() {
+        return Ok(()); // already gone: leaving is idempotent
+    }
+    if !membership.voter_ids().any(|v| v == id) {
+        tracing::info!(node = id, "leave: removing learner");
+        return change_membership(
+            s,
+            ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+            deadline,
+        )
+        .await;
+    }
+    if membership.voter_ids().count() == 1 {
+        // The last replica: the group cannot shrink to nothing. The
+        // cluster is being decommissioned; the admin moves its keys away
+        // (LeaveCluster) before the replica's data is deleted.
+        tracing::info!(
+            node = id,
+            "leave: last replica of the cluster; membership unchanged"
+        );
+        return Ok(());
+    }
+    tracing::info!(node = id, "leave: removing voter");
+    change_membership(
+        s,
+        ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+        deadline,
+    )
+    .await
+}

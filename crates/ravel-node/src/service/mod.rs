@@ -1,0 +1,168 @@
+//! The node's gRPC services, all on one server: `RavelClusterPB.RavelNode`
+//! (the compatibility contract: `Run`, `Join`, `Leave`, `IsLeader`),
+//! `ravel.node.v1` (status, partition listing, conditional writes) and the
+//! internal Raft service.
+//!
+//! - [`leadership`]: who leads, confirming it with a quorum, forwarding;
+//! - [`run`]: `Run`: validation, reads, writes through the batcher;
+//! - [`membership`]: `Join` and `Leave`;
+//! - [`ext`]: the `ravel.node.v1` extension;
+//! - [`status`]: the one mapping from internal errors to gRPC statuses.
+//!
+//! A follower forwards `Run`, `Join` and `Leave` to the leader within the
+//! request's deadline; the leader's address comes back in the
+//! `x-ravel-leader` response metadata. A forwarded request is never
+//! forwarded again: a node that is not the leader either serves it or says
+//! who it thinks leads.
+
+mod ext;
+mod leadership;
+mod membership;
+mod run;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ravel_consensus::types::{NodeId, Raft};
+use ravel_consensus::{CommandResult, Engine};
+use ravel_proto::ext::ravel_node_ext_server::RavelNodeExtServer;
+use ravel_proto::node::ravel_node_server::{RavelNode, RavelNodeServer};
+use ravel_proto::node::{Boolean, Node, Response as RunResponse, Void};
+use ravel_transport::{ChannelPool, Faults};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::batcher::{WriteBatcher, WriteError};
+use crate::config::{Limits, NodeConfig};
+use crate::raft::RaftService;
+
+/// What the services of one node share. Built once by `Node::start`, held
+/// in an `Arc` by every service clone (one per connection).
+pub struct NodeState {
+    /// This replica's Raft id.
+    pub id: NodeId,
+    pub cluster_id: String,
+    /// The gRPC address peers and the admin reach this node at (named in
+    /// `x-ravel-leader` when this node serves).
+    pub advertised: String,
+    /// Handle to the Raft core, shared with `Node`.
+    pub raft: Raft,
+    /// The database, for local reads after leadership is confirmed.
+    pub engine: Engine,
+    /// Gathers concurrent writes into Raft entries (one task per node).
+    pub batcher: WriteBatcher,
+    /// Channels to peers, for forwarding; shared with the Raft network.
+    pub pool: ChannelPool,
+    /// Test-only fault injection on forwarded calls.
+    pub faults: Faults,
+    pub limits: Limits,
+    /// Longest a `Join` waits for the new replica to catch up.
+    pub join_timeout: Duration,
+}
+
+impl NodeState {
+    /// The deadline of a request that arrives now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.limits.request_timeout()
+    }
+
+    /// Replicates `cmd` through the batcher and returns its result once
+    /// applied on this leader, or an error by `deadline`.
+    async fn replicate(
+        &self,
+        cmd: ravel_consensus::Command,
+        deadline: Instant,
+    ) -> Result<CommandResult, WriteError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.batcher.submit(cmd)).await {
+            Err(_) => Err(WriteError::Timeout),
+            Ok(r) => r,
+        }
+    }
+}
+
+/// One clone per connection; all share the node's state.
+#[derive(Clone)]
+pub struct NodeService {
+    state: Arc<NodeState>,
+}
+
+#[tonic::async_trait]
+impl RavelNode for NodeService {
+    async fn join(&self, request: Request<Node>) -> Result<Response<Void>, Status> {
+        membership::join(&self.state, request).await
+    }
+
+    async fn leave(&self, request: Request<Node>) -> Result<Response<Void>, Status> {
+        membership::leave(&self.state, request).await
+    }
+
+    async fn run(
+        &self,
+        request: Request<ravel_proto::node::Command>,
+    ) -> Result<Response<RunResponse>, Status> {
+        run::run(&self.state, request).await
+    }
+
+    async fn is_leader(&self, _request: Request<Void>) -> Result<Response<Boolean>, Status> {
+        let s = &self.state;
+        // Confirmed with a quorum: a partitioned old leader must not claim
+        // leadership.
+        let leader = s.confirm_leadership(s.deadline()).await.is_ok();
+        Ok(Response::new(Boolean { leader }))
+    }
+}
+
+/// Limits of the gRPC server.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Every request ends by then even if the caller set no deadline
+    /// (snapshot streams have their own per-chunk deadlines).
+    pub timeout: Duration,
+    /// Requests served at once per connection.
+    pub max_in_flight: usize,
+}
+
+impl ServerLimits {
+    pub fn from_config(cfg: &NodeConfig) -> Self {
+        Self {
+            timeout: Duration::from_millis(
+                cfg.snapshot
+                    .transfer_timeout_ms
+                    .max(cfg.limits.request_timeout_ms),
+            ),
+            max_in_flight: cfg.limits.max_in_flight_requests,
+        }
+    }
+}
+
+/// Serves the node's services and the Raft service on `listener` until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<NodeState>,
+    raft_service: RaftService,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let service = NodeService { state };
+    let router = tonic::transport::Server::builder()
+        .timeout(limits.timeout)
+        .concurrency_limit_per_connection(limits.max_in_flight)
+        .tcp_nodelay(true)
+        .add_service(raft_service.into_server())
+        .add_service(RavelNodeServer::new(service.clone()))
+        .add_service(RavelNodeExtServer::new(service));
+    // tonic's own nodelay setting does not reach connections accepted from
+    // an incoming stream: without it every answer waits on a delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    if let Err(e) = router
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+}

@@ -1,0 +1,161 @@
+//! `Run`: one key-value operation (`set`, `get`, `delete`, `getAndDelete`).
+//!
+//! Validated first (nothing is proposed for a bad request). On the leader,
+//! `get` confirms leadership with a quorum and reads locally; writes go
+//! through the batcher. A follower forwards to the leader.
+
+use std::time::Duration;
+
+use ravel_consensus::{Command, CommandResult};
+use ravel_proto::node::{Command as PbCommand, Response as RunResponse};
+use ravel_proto::ops;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::leadership::{is_forwarded, Leadership, Unconfirmed};
+use super::status::{ok_response, set_leader};
+use super::NodeState;
+use crate::batcher::WriteError;
+
+/// A validated `Run` request.
+enum Op {
+    Get(Vec<u8>),
+    Write(Command),
+}
+
+/// Why the leader did not serve a request itself.
+enum LocalError {
+    /// Leadership moved before the request took effect: safe to forward.
+    NotLeader,
+    Status(Status),
+}
+
+pub(super) async fn run(
+    s: &NodeState,
+    request: Request<PbCommand>,
+) -> Result<Response<RunResponse>, Status> {
+    let forwarded = is_forwarded(&request);
+    let deadline = s.deadline();
+    let cmd = request.into_inner();
+    let span = tracing::debug_span!("run", op = %cmd.operation, key_len = cmd.key.len(), forwarded);
+    serve(s, cmd, forwarded, deadline).instrument(span).await
+}
+
+async fn serve(
+    s: &NodeState,
+    cmd: PbCommand,
+    forwarded: bool,
+    deadline: Instant,
+) -> Result<Response<RunResponse>, Status> {
+    loop {
+        let op = validate(s, &cmd)?;
+        match s.await_leader(deadline).await? {
+            Leadership::Local => match run_local(s, op, deadline).await {
+                Ok(r) => {
+                    let mut resp = Response::new(r);
+                    set_leader(&mut resp, &s.advertised);
+                    return Ok(resp);
+                }
+                Err(LocalError::Status(st)) => return Err(st),
+                Err(LocalError::NotLeader) => {
+                    // Lost leadership before the request took effect:
+                    // find the new leader and go again.
+                    if Instant::now() >= deadline {
+                        return Err(Status::unavailable(
+                            "leadership changed and no new leader in time",
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            l @ Leadership::Remote { .. } if forwarded => return Err(s.not_leader(&l)),
+            Leadership::Remote { id, addr } => {
+                return s
+                    .forward(id, &addr, cmd, deadline, |mut c, r| async move {
+                        c.run(r).await
+                    })
+                    .await
+            }
+            Leadership::Unknown => unreachable!("await_leader returns a known leader"),
+        }
+    }
+}
+
+fn validate(s: &NodeState, cmd: &PbCommand) -> Result<Op, Status> {
+    // Only `set` carries a value; the others ignore the field.
+    let value: &[u8] = if cmd.operation == ops::SET {
+        &cmd.value
+    } else {
+        &[]
+    };
+    s.check_sizes(&cmd.key, value)?;
+    let key = cmd.key.clone();
+    Ok(match cmd.operation.as_str() {
+        ops::GET => Op::Get(key),
+        ops::DELETE => Op::Write(Command::Delete { key }),
+        ops::GET_AND_DELETE => Op::Write(Command::GetAndDelete { key }),
+        ops::SET => Op::Write(Command::Set {
+            key,
+            value: cmd.value.clone(),
+        }),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown operation {other:?}; expected one of set, get, delete, getAndDelete"
+            )))
+        }
+    })
+}
+
+async fn run_local(s: &NodeState, op: Op, deadline: Instant) -> Result<RunResponse, LocalError> {
+    match op {
+        Op::Get(key) => {
+            match s.confirm_leadership(deadline).await {
+                Err(Unconfirmed::NotLeader) => return Err(LocalError::NotLeader),
+                Err(Unconfirmed::Unavailable(st)) => return Err(LocalError::Status(st)),
+                Ok(()) => {}
+            }
+            match s.engine.get(&key) {
+                Ok(Some(value)) => Ok(ok_response(value)),
+                Ok(None) => Err(LocalError::Status(Status::not_found("key not found"))),
+                Err(e) => Err(LocalError::Status(Status::internal(e.to_string()))),
+            }
+        }
+        Op::Write(cmd) => {
+            let retry_safe = !matches!(cmd, Command::GetAndDelete { .. });
+            match s.replicate(cmd, deadline).await {
+                Ok(CommandResult::Value(Some(v))) => Ok(ok_response(v)),
+                Ok(CommandResult::Value(None)) => {
+                    Err(LocalError::Status(Status::not_found("key not found")))
+                }
+                Ok(_) => Ok(ok_response(Vec::new())),
+                Err(WriteError::NotLeader { .. }) if retry_safe => Err(LocalError::NotLeader),
+                Err(e) => Err(LocalError::Status(e.into())),
+            }
+        }
+    }
+}
+
+impl NodeState {
+    /// Keys must be non-empty; keys and values within the configured limits.
+    pub(super) fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "key is {} bytes; the limit is {}",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        if value.len() > self.limits.max_value_bytes {
+            return Err(Status::invalid_argument(format!(
+                "value is {} bytes; the limit is {}",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+}
