@@ -32,6 +32,7 @@ pub type Vote = openraft::Vote<NodeId>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
 pub type RaftStorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, BasicNode>;
 
 /// A state-machine command, replicated as the payload of one log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

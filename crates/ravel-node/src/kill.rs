@@ -89,7 +89,7 @@ pub async fn kill(dir: &Path, timeout: Duration) -> Result<(), KillError> {
     let deadline = started + timeout;
     leave_cluster(&identity, deadline).await?;
     if let Some(pid) = identity::running_pid(dir)? {
-        stop_process(pid, deadline, started).await?;
+        stop_process(dir, pid, deadline, started).await?;
     }
     std::fs::remove_dir_all(dir).map_err(|source| KillError::Delete {
         path: dir.display().to_string(),
@@ -97,20 +97,24 @@ pub async fn kill(dir: &Path, timeout: Duration) -> Result<(), KillError> {
     })
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-async fn stop_process(pid: i32, deadline: Instant, started: Instant) -> Result<(), KillError> {
-    if pid as u32 == std::process::id() || !alive(pid) {
+/// SIGTERMs the node process holding `dir` and waits until it has let go
+/// of the directory. Whether it still runs is judged by its lock on the
+/// directory, not by its pid: a process that exited but was not yet reaped
+/// by its parent (a zombie) still has a pid, and no longer holds the lock.
+async fn stop_process(
+    dir: &Path,
+    pid: i32,
+    deadline: Instant,
+    started: Instant,
+) -> Result<(), KillError> {
+    if pid as u32 == std::process::id() {
         return Ok(());
     }
     tracing::info!(pid, "stopping the running node process");
     // SAFETY: SIGTERM to the live process that holds the directory's pid
     // lock (checked just before), i.e. the node running on it.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    while alive(pid) {
+    while identity::running_pid(dir)? == Some(pid) {
         if Instant::now() >= deadline {
             return Err(KillError::StillRunning {
                 pid,

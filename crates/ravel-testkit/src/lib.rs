@@ -7,7 +7,13 @@
 //! crashed (stopped without leaving), restarted on their data, partitioned
 //! and healed. Every wait has a timeout.
 
+pub mod history;
 pub mod http;
+pub mod linearizability;
+pub mod nemesis;
+pub mod netfault;
+pub mod process;
+pub mod workload;
 
 use std::future::Future;
 use std::time::Duration;

@@ -33,6 +33,9 @@ use crate::notifier;
 use crate::raft::{GrpcRaftNetwork, RaftService, SnapshotTransfer};
 use crate::service::{self, NodeState};
 
+/// Longest a shutdown waits for requests in flight before dropping them.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -258,13 +261,28 @@ impl Node {
     /// Stops serving and shuts Raft down. Everything acknowledged is already
     /// on disk; the database closes (syncing its WAL) once the last task
     /// holding it ends, before this returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        // Stop taking requests and let those in flight finish while Raft
+        // still runs (bounded: a request may wait on a slow leader), then
+        // stop Raft.
         self.shutdown.cancel();
+        let drained = Instant::now() + SHUTDOWN_DRAIN;
+        while !self.tasks.iter().all(|t| t.is_finished()) {
+            if Instant::now() >= drained {
+                tracing::warn!(after = ?SHUTDOWN_DRAIN, "requests still in flight at shutdown; dropping them");
+                for t in &self.tasks {
+                    t.abort();
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Aborted tasks end at their next await point.
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
-        }
-        for t in self.tasks {
-            let _ = t.await;
         }
         // Requests still finishing on closing connections, or storage work
         // openraft handed to the blocking pool, may hold the database a

@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use openraft::error::RaftError;
+use openraft::metrics::WaitError;
 use openraft::ServerState;
 use ravel_consensus::types::NodeId;
+use ravel_consensus::types::RaftMetrics;
 use ravel_proto::metadata;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use tokio::time::Instant;
@@ -32,20 +34,28 @@ pub(super) enum Unconfirmed {
     Unavailable(Status),
 }
 
+/// Who leads according to `m`, as seen by node `me`: a leader that can
+/// serve (this node, in the `Leader` state) or be forwarded to (another
+/// member with an address). A leader Raft still names but that cannot be
+/// used (it left the membership, or this node has not finished becoming
+/// leader) is `Unknown`.
+fn leadership_of(m: &RaftMetrics, me: NodeId) -> Leadership {
+    match m.current_leader {
+        Some(id) if id == me && m.state == ServerState::Leader => Leadership::Local,
+        Some(id) if id != me => match m.membership_config.membership().get_node(&id) {
+            Some(node) => Leadership::Remote {
+                id,
+                addr: node.addr.clone(),
+            },
+            None => Leadership::Unknown,
+        },
+        _ => Leadership::Unknown,
+    }
+}
+
 impl NodeState {
     pub(super) fn leadership(&self) -> Leadership {
-        let m = self.raft.metrics().borrow().clone();
-        match m.current_leader {
-            Some(id) if id == self.id && m.state == ServerState::Leader => Leadership::Local,
-            Some(id) if id != self.id => match m.membership_config.membership().get_node(&id) {
-                Some(node) => Leadership::Remote {
-                    id,
-                    addr: node.addr.clone(),
-                },
-                None => Leadership::Unknown,
-            },
-            _ => Leadership::Unknown,
-        }
+        leadership_of(&self.raft.metrics().borrow(), self.id)
     }
 
     /// Waits (until `deadline`) for some node to be known as leader.
@@ -62,11 +72,25 @@ impl NodeState {
                 ));
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
-            let _ = self
+            // Wait on exactly what `leadership` needs: waiting for "some
+            // leader is named" would return at once while the named leader
+            // is unusable (a leader that removed itself is still named until
+            // the next election), and this loop would spin, starving the
+            // node's runtime so it could not even answer vote requests.
+            let me = self.id;
+            let known = self
                 .raft
                 .wait(Some(wait))
-                .metrics(|m| m.current_leader.is_some(), "leader known")
+                .metrics(
+                    move |m| !matches!(leadership_of(m, me), Leadership::Unknown),
+                    "a usable leader",
+                )
                 .await;
+            // A stopped Raft answers at once, forever: waiting on it in a
+            // loop would spin until the deadline (and hold up shutdown).
+            if let Err(WaitError::ShuttingDown) = known {
+                return Err(Status::unavailable("node is shutting down"));
+            }
         }
     }
 
