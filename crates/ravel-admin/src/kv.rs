@@ -68,8 +68,9 @@ impl AdminState {
         let _g = self.gate.read().await;
         let deadline = self.request_deadline();
         let r = self.route(key)?;
+        let ticket = self.session.begin();
         self.router
-            .run(&r.owner, ops::SET, key, value, deadline)
+            .run(&r.owner, ops::SET, key, value, Some(&ticket), deadline)
             .await?;
         Ok(())
     }
@@ -81,7 +82,7 @@ impl AdminState {
         let r = self.route(key)?;
         let first = self
             .router
-            .run(&r.owner, ops::GET, key, b"", deadline)
+            .run(&r.owner, ops::GET, key, b"", None, deadline)
             .await;
         match first {
             Ok(v) => return Ok(live(v)),
@@ -91,14 +92,18 @@ impl AdminState {
         let Some(prev) = r.previous else {
             return Ok(None);
         };
-        match self.router.run(&prev, ops::GET, key, b"", deadline).await {
+        match self
+            .router
+            .run(&prev, ops::GET, key, b"", None, deadline)
+            .await
+        {
             Ok(v) => return Ok(live(v)),
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
         match self
             .router
-            .run(&r.owner, ops::GET, key, b"", deadline)
+            .run(&r.owner, ops::GET, key, b"", None, deadline)
             .await
         {
             Ok(v) => Ok(live(v)),
@@ -113,16 +118,19 @@ impl AdminState {
         let r = self.route(key)?;
         match r.previous {
             None => {
+                let ticket = self.session.begin();
                 self.router
-                    .run(&r.owner, ops::DELETE, key, b"", deadline)
+                    .run(&r.owner, ops::DELETE, key, b"", Some(&ticket), deadline)
                     .await?;
             }
             Some(prev) => {
+                let ticket = self.session.begin();
                 self.router
-                    .run(&r.owner, ops::SET, key, TOMBSTONE, deadline)
+                    .run(&r.owner, ops::SET, key, TOMBSTONE, Some(&ticket), deadline)
                     .await?;
+                let ticket = self.session.begin();
                 self.router
-                    .run(&prev, ops::DELETE, key, b"", deadline)
+                    .run(&prev, ops::DELETE, key, b"", Some(&ticket), deadline)
                     .await?;
             }
         }

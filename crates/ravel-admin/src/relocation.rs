@@ -153,8 +153,8 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             .filter(|e| e.value != TOMBSTONE)
             .map(|e| async move {
                 let deadline = Instant::now() + STEP_TIMEOUT;
-                copy_if_absent(router, to_ref, &e, deadline).await?;
-                delete_if_equal(router, from_ref, &e, deadline).await
+                copy_if_absent(admin, to_ref, &e, deadline).await?;
+                delete_if_equal(admin, from_ref, &e, deadline).await
             });
         let results = join_all(moves).await;
         let moved = results.len() as u64;
@@ -191,7 +191,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             .await
             .map_err(|e| e.to_string())?;
     }
-    remove_tombstones(router, &to, count, &partitions).await?;
+    remove_tombstones(admin, &to, count, &partitions).await?;
     let progress = registry.snapshot().ring.relocation.as_ref().map(|x| {
         (
             x.total_partitions as usize - x.pending.len(),
@@ -264,15 +264,18 @@ async fn list(
 
 /// Copies one entry to `cluster` unless the key exists there (`SetIfAbsent`).
 async fn copy_if_absent(
-    router: &Router,
+    admin: &AdminState,
     cluster: &str,
     e: &KeyValue,
     deadline: Instant,
 ) -> Result<bool, String> {
-    router
+    let ticket = admin.session.begin();
+    admin
+        .router
         .call(cluster, deadline, |ch, remaining| {
             let mut req = tonic::Request::new(e.clone());
             req.set_timeout(remaining);
+            ticket.id().insert(req.metadata_mut());
             async move {
                 Router::ext(ch)
                     .set_if_absent(req)
@@ -287,15 +290,18 @@ async fn copy_if_absent(
 /// Removes one entry from `cluster` if it still holds exactly that value
 /// (`DeleteIfEqual`).
 async fn delete_if_equal(
-    router: &Router,
+    admin: &AdminState,
     cluster: &str,
     e: &KeyValue,
     deadline: Instant,
 ) -> Result<bool, String> {
-    router
+    let ticket = admin.session.begin();
+    admin
+        .router
         .call(cluster, deadline, |ch, remaining| {
             let mut req = tonic::Request::new(e.clone());
             req.set_timeout(remaining);
+            ticket.id().insert(req.metadata_mut());
             async move {
                 Router::ext(ch)
                     .delete_if_equal(req)
@@ -308,20 +314,20 @@ async fn delete_if_equal(
 }
 
 async fn remove_tombstones(
-    router: &Router,
+    admin: &AdminState,
     cluster: &str,
     count: u32,
     partitions: &[u32],
 ) -> Result<(), String> {
     let mut cursor = None;
     loop {
-        let page = list(router, cluster, count, partitions, cursor).await?;
+        let page = list(&admin.router, cluster, count, partitions, cursor).await?;
         let deadline = Instant::now() + STEP_TIMEOUT;
         let removals = page
             .entries
             .iter()
             .filter(|e| e.value == TOMBSTONE)
-            .map(|e| delete_if_equal(router, cluster, e, deadline));
+            .map(|e| delete_if_equal(admin, cluster, e, deadline));
         for r in join_all(removals).await {
             r?;
         }

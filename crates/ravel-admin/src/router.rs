@@ -12,6 +12,7 @@ use ravel_proto::metadata;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::{Command, Void};
 use ravel_transport::retry::Attempts;
+use ravel_transport::session::Ticket;
 use ravel_transport::ChannelPool;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -216,13 +217,16 @@ impl Router {
         }
     }
 
-    /// `Run` on the leader of `cluster`.
+    /// `Run` on the leader of `cluster`. A write passes its `ticket`: every
+    /// attempt carries the same request id, so a retry of an attempt whose
+    /// answer was lost does not take effect twice.
     pub async fn run(
         &self,
         cluster: &str,
         op: &str,
         key: &[u8],
         value: &[u8],
+        ticket: Option<&Ticket>,
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
         self.call(cluster, deadline, |ch, remaining| {
@@ -232,6 +236,9 @@ impl Router {
                 value: value.to_vec(),
             });
             req.set_timeout(remaining);
+            if let Some(t) = ticket {
+                t.id().insert(req.metadata_mut());
+            }
             async move {
                 RavelNodeClient::new(ch)
                     .run(req)

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ravel_transport::session::ClientSession;
 use ravel_transport::{ChannelOptions, ChannelPool};
 use tokio::sync::{Notify, RwLock};
 
@@ -34,6 +35,10 @@ pub struct AdminState {
     pub gate: RwLock<()>,
     /// Wakes the mover (a cluster became ready or asked to drain).
     pub wake: Notify,
+    /// The admin's client session: every write to a node (users' and the
+    /// mover's) carries an id of it, the same on every retry, so a retry of
+    /// a write whose answer was lost takes effect once.
+    pub session: ClientSession,
     pub limits: Limits,
 }
 
@@ -52,6 +57,7 @@ impl AdminState {
             registry,
             gate: RwLock::new(()),
             wake: Notify::new(),
+            session: ClientSession::new(),
             limits: Limits {
                 max_key_bytes: cfg.max_key_bytes,
                 max_value_bytes: cfg.max_value_bytes,

@@ -15,8 +15,10 @@
 // 200 bytes); boxing it in our helpers would only add conversions.
 #![allow(clippy::result_large_err)]
 
+mod apply;
 pub mod codec;
 mod log_store;
+pub mod sessions;
 mod snapshot_files;
 mod state_machine;
 pub mod types;
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 pub use log_store::LogStore;
 pub use ravel_storage::{Engine, StorageError};
 pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
-pub use types::{Command, CommandResult, NodeId, Raft, SnapshotFile, TypeConfig};
+pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotFile, TypeConfig};
 
 /// The on-disk layout of a replica's data directory.
 #[derive(Debug, Clone)]

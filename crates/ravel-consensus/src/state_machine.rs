@@ -5,20 +5,20 @@
 //! Snapshots are ravel-storage snapshot streams kept as files under the
 //! snapshot directory, named so that the newest sorts last.
 
-use std::collections::HashMap;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use ravel_storage::{ApplyBatch, Engine};
+use ravel_storage::Engine;
 
+use crate::apply::Applier;
 use crate::codec;
 use crate::log_store::blocking;
 use crate::snapshot_files::{unique, SnapshotDir};
 use crate::types::{
-    Command, CommandResult, Entry, LogId, RaftStorageError, SnapshotFile, SnapshotMeta,
-    StoredMembership, TypeConfig,
+    CommandResult, Entry, LogId, RaftStorageError, SnapshotFile, SnapshotMeta, StoredMembership,
+    TypeConfig,
 };
 
 pub(crate) const LAST_APPLIED: &str = "last_applied";
@@ -89,65 +89,6 @@ impl StateMachine {
     }
 }
 
-/// Applies `cmd` into `batch`, reading through `pending` so that a command
-/// sees the effects of earlier commands of the same `apply` call.
-fn execute(
-    engine: &Engine,
-    batch: &mut ApplyBatch<'_>,
-    pending: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
-    cmd: Command,
-) -> Result<CommandResult, RaftStorageError> {
-    Ok(match cmd {
-        Command::Set { key, value } => {
-            batch.put(&key, &value);
-            pending.insert(key, Some(value));
-            CommandResult::Done
-        }
-        Command::Delete { key } => {
-            batch.delete(&key);
-            pending.insert(key, None);
-            CommandResult::Done
-        }
-        Command::GetAndDelete { key } => {
-            let current = match pending.get(&key) {
-                Some(v) => v.clone(),
-                None => engine.get(&key).map_err(sm_read_err)?,
-            };
-            batch.delete(&key);
-            pending.insert(key, None);
-            CommandResult::Value(current)
-        }
-        Command::SetIfAbsent { key, value } => {
-            let exists = match pending.get(&key) {
-                Some(v) => v.is_some(),
-                None => engine.get(&key).map_err(sm_read_err)?.is_some(),
-            };
-            if !exists {
-                batch.put(&key, &value);
-                pending.insert(key, Some(value));
-            }
-            CommandResult::Applied(!exists)
-        }
-        Command::DeleteIfEqual { key, value } => {
-            let current = match pending.get(&key) {
-                Some(v) => v.clone(),
-                None => engine.get(&key).map_err(sm_read_err)?,
-            };
-            let equal = current.as_deref() == Some(value.as_slice());
-            if equal {
-                batch.delete(&key);
-                pending.insert(key, None);
-            }
-            CommandResult::Applied(equal)
-        }
-        Command::Batch(cmds) => CommandResult::Batch(
-            cmds.into_iter()
-                .map(|c| execute(engine, batch, pending, c))
-                .collect::<Result<_, _>>()?,
-        ),
-    })
-}
-
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -170,8 +111,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.engine.apply_batch();
-        let mut pending = HashMap::new();
+        let mut applier = Applier::new(&self.engine);
         let mut results = Vec::new();
         let mut last = None;
         let mut membership = None;
@@ -179,7 +119,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
             results.push(match entry.payload {
                 EntryPayload::Blank => CommandResult::Done,
-                EntryPayload::Normal(cmd) => execute(&self.engine, &mut batch, &mut pending, cmd)?,
+                EntryPayload::Normal(cmd) => applier.execute(cmd)?,
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     CommandResult::Done
@@ -187,14 +127,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             });
         }
         if let Some(last) = last {
-            batch.put_meta(
-                LAST_APPLIED,
-                &codec::encode(&Some(last)).map_err(sm_write_err)?,
+            applier.put_meta(
+                LAST_APPLIED.to_string(),
+                codec::encode(&Some(last)).map_err(sm_write_err)?,
             );
             if let Some(m) = membership {
-                batch.put_meta(MEMBERSHIP, &codec::encode(&m).map_err(sm_write_err)?);
+                applier.put_meta(
+                    MEMBERSHIP.to_string(),
+                    codec::encode(&m).map_err(sm_write_err)?,
+                );
             }
-            batch.commit().map_err(sm_write_err)?;
+            applier.batch.commit().map_err(sm_write_err)?;
         }
         Ok(results)
     }
@@ -294,6 +237,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     use super::*;
+    use crate::types::Command;
 
     fn entry(index: u64, cmd: Command) -> Entry {
         Entry {

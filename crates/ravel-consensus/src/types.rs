@@ -53,6 +53,25 @@ pub enum Command {
     /// Remove key only if it holds exactly `value` (relocation removes the
     /// source copy with it).
     DeleteIfEqual { key: Vec<u8>, value: Vec<u8> },
+    /// `cmd` as request `id` of a client session, proposed at `at_ms` (the
+    /// leader's clock, milliseconds since the Unix epoch): applied at most
+    /// once however often it reaches the log (`crate::sessions`).
+    Once {
+        id: RequestId,
+        at_ms: u64,
+        cmd: Box<Command>,
+    },
+}
+
+/// One request of a client session (see `crate::sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Random per client process.
+    pub session: u64,
+    /// Increases with every request of the session.
+    pub seq: u64,
+    /// Every lower `seq` of the session has been answered or abandoned.
+    pub acked_below: u64,
 }
 
 /// What applying a command produced.
@@ -67,6 +86,9 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
     /// Whether a conditional command took effect.
     Applied(bool),
+    /// Not applied: the request's session had already moved past it (its
+    /// client had given up on it), or holds too many unanswered requests.
+    Stale,
 }
 
 /// A snapshot on disk: the file plus its path, so a received snapshot can

@@ -26,6 +26,10 @@ pub enum WriteError {
     /// Not applied within the caller's deadline; it may still be.
     #[error("not committed within the deadline")]
     Timeout,
+    /// Refused without effect: the request's client session had already
+    /// moved past it.
+    #[error("request abandoned by its client (its session moved on); not applied")]
+    Stale,
 }
 
 struct Pending {
@@ -46,6 +50,7 @@ fn command_bytes(cmd: &Command) -> usize {
         | Command::DeleteIfEqual { key, value } => key.len() + value.len(),
         Command::Delete { key } | Command::GetAndDelete { key } => key.len(),
         Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
+        Command::Once { cmd, .. } => command_bytes(cmd),
     }
 }
 

@@ -47,6 +47,10 @@ pub mod metadata {
     pub const LEADER: &str = "x-ravel-leader";
     /// On requests: forwarded by a follower; never forwarded again.
     pub const FORWARDED: &str = "x-ravel-forwarded";
+    /// On write requests: `session.seq.acked_below` (hex), the request's
+    /// identity in its client's session, the same on every attempt, so that
+    /// it takes effect once (`ravel_consensus::sessions`).
+    pub const REQUEST_ID: &str = "x-ravel-request";
 }
 
 /// The status message with which existing nodes recognise a duplicate join

@@ -28,6 +28,11 @@ impl ApplyBatch<'_> {
             .put_cf(self.engine.cf(CF_SM_META), key.as_bytes(), value);
     }
 
+    pub fn delete_meta(&mut self, key: &str) {
+        self.batch
+            .delete_cf(self.engine.cf(CF_SM_META), key.as_bytes());
+    }
+
     /// Number of operations gathered so far.
     pub fn len(&self) -> usize {
         self.batch.len()
@@ -65,6 +70,23 @@ impl Engine {
     /// Reads a state-machine metadata value.
     pub fn sm_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.get_cf(CF_SM_META, key.as_bytes())
+    }
+
+    /// The state-machine metadata keys that start with `prefix`, in order.
+    pub fn sm_meta_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let iter = self.db().iterator_cf(
+            self.cf(CF_SM_META),
+            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, _) = item.map_err(|e| self.rocks_err(e))?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
     }
 
     /// Up to `limit` user entries with keys `>= start`, in key order, for

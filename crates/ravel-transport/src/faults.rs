@@ -1,6 +1,7 @@
 //! Fault injection between nodes, for tests: cut, or delay, the traffic from
-//! one node to another. Compiled to no-ops unless the `fault-injection`
-//! feature is on, so release binaries carry none of it by default.
+//! one node to another; lose the answer to a request that took effect.
+//! Compiled to no-ops unless the `fault-injection` feature is on, so
+//! release binaries carry none of it by default.
 
 use crate::error::TransportError;
 
@@ -14,6 +15,8 @@ mod imp {
     pub(super) struct State {
         pub cut: HashSet<(u64, u64)>,
         pub delay: HashMap<(u64, u64), Duration>,
+        /// (node, key): answers to lose, each after holding it this long.
+        pub lost_answers: HashMap<(u64, Vec<u8>), Duration>,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -52,6 +55,21 @@ impl Faults {
         #[cfg(not(feature = "fault-injection"))]
         let _ = (from, to);
         Ok(())
+    }
+
+    /// If a test asked node `node` to lose its answer to the next write of
+    /// `key`: how long to hold the answer before failing it (once).
+    pub fn take_lost_answer(&self, node: u64, key: &[u8]) -> Option<std::time::Duration> {
+        #[cfg(feature = "fault-injection")]
+        {
+            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+            s.lost_answers.remove(&(node, key.to_vec()))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = (node, key);
+            None
+        }
     }
 
     /// Whether traffic from `from` to `to` is cut.
@@ -100,11 +118,21 @@ impl Faults {
         });
     }
 
+    /// Node `node` applies the next write of `key` but, after holding the
+    /// answer for `hold`, answers `UNAVAILABLE` (as if the connection broke):
+    /// the client cannot know the write took effect.
+    pub fn lose_answer(&self, node: u64, key: &[u8], hold: std::time::Duration) {
+        self.with(|s| {
+            s.lost_answers.insert((node, key.to_vec()), hold);
+        });
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         self.with(|s| {
             s.cut.clear();
             s.delay.clear();
+            s.lost_answers.clear();
         });
     }
 }

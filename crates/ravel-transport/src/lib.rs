@@ -5,6 +5,8 @@
 //!
 //! - [`ChannelPool`]: one lazily-connected channel per peer address;
 //! - [`retry`]: the one retry policy (backoff with jitter, deadline, cancel);
+//! - [`session`]: request ids for exactly-once writes (session, sequence,
+//!   watermark), carried in metadata on every attempt;
 //! - [`TransportError`]: what went wrong talking to a peer, classified once;
 //! - [`Faults`]: test-only fault injection (feature `fault-injection`).
 
@@ -12,6 +14,7 @@ mod error;
 mod faults;
 mod pool;
 pub mod retry;
+pub mod session;
 
 pub use error::TransportError;
 pub use faults::Faults;

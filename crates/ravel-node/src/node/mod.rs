@@ -181,6 +181,7 @@ impl Node {
             batcher: WriteBatcher::spawn(raft.clone(), &cfg.limits),
             pool: pool.clone(),
             faults: opts.faults.clone(),
+            session: ravel_transport::session::ClientSession::new(),
             limits: cfg.limits.clone(),
             join_timeout: Duration::from_millis(cfg.raft.join_timeout_ms),
         });

@@ -11,6 +11,7 @@ use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
 use ravel_proto::ext::{
     Applied, KeyValue, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
 };
+use ravel_transport::session::RequestId;
 use tonic::{Request, Response, Status};
 
 use super::leadership::Unconfirmed;
@@ -40,9 +41,11 @@ impl RavelNodeExt for NodeService {
     }
 
     async fn set_if_absent(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
+        let (id, _ticket) = self.state.request_id(&request)?;
         let kv = request.into_inner();
         conditional(
             &self.state,
+            id,
             Command::SetIfAbsent {
                 key: kv.key,
                 value: kv.value,
@@ -55,9 +58,11 @@ impl RavelNodeExt for NodeService {
         &self,
         request: Request<KeyValue>,
     ) -> Result<Response<Applied>, Status> {
+        let (id, _ticket) = self.state.request_id(&request)?;
         let kv = request.into_inner();
         conditional(
             &self.state,
+            id,
             Command::DeleteIfEqual {
                 key: kv.key,
                 value: kv.value,
@@ -169,12 +174,16 @@ async fn list_partitions(
 }
 
 /// `SetIfAbsent` / `DeleteIfEqual`: validated, replicated, applied.
-async fn conditional(s: &NodeState, cmd: Command) -> Result<Response<Applied>, Status> {
+async fn conditional(
+    s: &NodeState,
+    id: RequestId,
+    cmd: Command,
+) -> Result<Response<Applied>, Status> {
     if let Command::SetIfAbsent { key, value } | Command::DeleteIfEqual { key, value } = &cmd {
         s.check_sizes(key, value)?;
     }
     s.leader_only()?;
-    match s.replicate(cmd, s.deadline()).await? {
+    match s.replicate(id, cmd, s.deadline()).await? {
         CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),
     }

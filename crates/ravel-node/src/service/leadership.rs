@@ -11,6 +11,7 @@ use ravel_consensus::types::NodeId;
 use ravel_consensus::types::RaftMetrics;
 use ravel_proto::metadata;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
+use ravel_transport::session::RequestId;
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -146,6 +147,7 @@ impl NodeState {
         leader: NodeId,
         addr: &str,
         body: Req,
+        id: Option<RequestId>,
         deadline: Instant,
         call: F,
     ) -> Result<Response<Resp>, Status>
@@ -162,6 +164,9 @@ impl NodeState {
         req.set_timeout(remaining);
         req.metadata_mut()
             .insert(metadata::FORWARDED, MetadataValue::from_static("1"));
+        if let Some(id) = id {
+            id.insert(req.metadata_mut());
+        }
         let client = self.client(addr)?;
         let mut resp = match tokio::time::timeout(remaining, call(client, req)).await {
             Err(_) => {

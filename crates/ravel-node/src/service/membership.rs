@@ -88,7 +88,9 @@ where
             Ok(resp)
         }
         l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
-        Leadership::Remote { id, addr } => s.forward(id, &addr, node, deadline, forward).await,
+        Leadership::Remote { id, addr } => {
+            s.forward(id, &addr, node, None, deadline, forward).await
+        }
         Leadership::Unknown => unreachable!("await_leader returns a known leader"),
     }
 }

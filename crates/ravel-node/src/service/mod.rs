@@ -29,6 +29,7 @@ use ravel_consensus::{CommandResult, Engine};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExtServer;
 use ravel_proto::node::ravel_node_server::{RavelNode, RavelNodeServer};
 use ravel_proto::node::{Boolean, Node, Response as RunResponse, Void};
+use ravel_transport::session::{ClientSession, RequestId, Ticket};
 use ravel_transport::{ChannelPool, Faults};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -58,6 +59,10 @@ pub struct NodeState {
     pub pool: ChannelPool,
     /// Test-only fault injection on forwarded calls.
     pub faults: Faults,
+    /// This node's client session: the identity of writes that arrive
+    /// without one (from clients that send no `x-ravel-request`), so the
+    /// node's own retries and forwards take effect once.
+    pub session: ClientSession,
     pub limits: Limits,
     /// Longest a `Join` waits for the new replica to catch up.
     pub join_timeout: Duration,
@@ -69,17 +74,47 @@ impl NodeState {
         Instant::now() + self.limits.request_timeout()
     }
 
-    /// Replicates `cmd` through the batcher and returns its result once
-    /// applied on this leader, or an error by `deadline`.
+    /// Replicates `cmd` as request `id` through the batcher and returns
+    /// its result once applied on this leader, or an error by `deadline`.
+    /// However often a request is replicated (retries, forwards through
+    /// several leaders), it takes effect once.
     async fn replicate(
         &self,
+        id: RequestId,
         cmd: ravel_consensus::Command,
         deadline: Instant,
     ) -> Result<CommandResult, WriteError> {
+        let once = ravel_consensus::Command::Once {
+            id: ravel_consensus::RequestId {
+                session: id.session,
+                seq: id.seq,
+                acked_below: id.acked_below,
+            },
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            cmd: Box::new(cmd),
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, self.batcher.submit(cmd)).await {
+        match tokio::time::timeout(remaining, self.batcher.submit(once)).await {
             Err(_) => Err(WriteError::Timeout),
+            Ok(Ok(CommandResult::Stale)) => Err(WriteError::Stale),
             Ok(r) => r,
+        }
+    }
+
+    /// The identity of a write request: the client's (`x-ravel-request`),
+    /// or one of this node's session, whose ticket the caller holds until it
+    /// answers.
+    fn request_id<T>(&self, request: &Request<T>) -> Result<(RequestId, Option<Ticket>), Status> {
+        match RequestId::from_metadata(request.metadata()) {
+            Err(e) => Err(Status::invalid_argument(e)),
+            Ok(Some(id)) => Ok((id, None)),
+            Ok(None) => {
+                let ticket = self.session.begin();
+                Ok((ticket.id(), Some(ticket)))
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ravel_consensus::{Command, CommandResult};
 use ravel_proto::node::{Command as PbCommand, Response as RunResponse};
 use ravel_proto::ops;
+use ravel_transport::session::RequestId;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -37,21 +38,28 @@ pub(super) async fn run(
 ) -> Result<Response<RunResponse>, Status> {
     let forwarded = is_forwarded(&request);
     let deadline = s.deadline();
+    // Every attempt of a write, here and on any leader it is forwarded to,
+    // carries the same id: it takes effect once. The ticket (for a request
+    // that came without an id) is held until we answer.
+    let (id, _ticket) = s.request_id(&request)?;
     let cmd = request.into_inner();
     let span = tracing::debug_span!("run", op = %cmd.operation, key_len = cmd.key.len(), forwarded);
-    serve(s, cmd, forwarded, deadline).instrument(span).await
+    serve(s, cmd, id, forwarded, deadline)
+        .instrument(span)
+        .await
 }
 
 async fn serve(
     s: &NodeState,
     cmd: PbCommand,
+    id: RequestId,
     forwarded: bool,
     deadline: Instant,
 ) -> Result<Response<RunResponse>, Status> {
     loop {
         let op = validate(s, &cmd)?;
         match s.await_leader(deadline).await? {
-            Leadership::Local => match run_local(s, op, deadline).await {
+            Leadership::Local => match run_local(s, op, id, deadline).await {
                 Ok(r) => {
                     let mut resp = Response::new(r);
                     set_leader(&mut resp, &s.advertised);
@@ -59,8 +67,9 @@ async fn serve(
                 }
                 Err(LocalError::Status(st)) => return Err(st),
                 Err(LocalError::NotLeader) => {
-                    // Lost leadership before the request took effect:
-                    // find the new leader and go again.
+                    // Leadership moved while the request was in flight:
+                    // it may or may not have taken effect; sending it
+                    // again (same id) through the new leader is safe.
                     if Instant::now() >= deadline {
                         return Err(Status::unavailable(
                             "leadership changed and no new leader in time",
@@ -70,11 +79,16 @@ async fn serve(
                 }
             },
             l @ Leadership::Remote { .. } if forwarded => return Err(s.not_leader(&l)),
-            Leadership::Remote { id, addr } => {
+            Leadership::Remote { id: leader, addr } => {
                 return s
-                    .forward(id, &addr, cmd, deadline, |mut c, r| async move {
-                        c.run(r).await
-                    })
+                    .forward(
+                        leader,
+                        &addr,
+                        cmd,
+                        Some(id),
+                        deadline,
+                        |mut c, r| async move { c.run(r).await },
+                    )
                     .await
             }
             Leadership::Unknown => unreachable!("await_leader returns a known leader"),
@@ -107,7 +121,12 @@ fn validate(s: &NodeState, cmd: &PbCommand) -> Result<Op, Status> {
     })
 }
 
-async fn run_local(s: &NodeState, op: Op, deadline: Instant) -> Result<RunResponse, LocalError> {
+async fn run_local(
+    s: &NodeState,
+    op: Op,
+    id: RequestId,
+    deadline: Instant,
+) -> Result<RunResponse, LocalError> {
     match op {
         Op::Get(key) => {
             match s.confirm_leadership(deadline).await {
@@ -122,14 +141,26 @@ async fn run_local(s: &NodeState, op: Op, deadline: Instant) -> Result<RunRespon
             }
         }
         Op::Write(cmd) => {
-            let retry_safe = !matches!(cmd, Command::GetAndDelete { .. });
-            match s.replicate(cmd, deadline).await {
+            let key = match &cmd {
+                Command::Set { key, .. }
+                | Command::Delete { key }
+                | Command::GetAndDelete { key } => key.clone(),
+                _ => Vec::new(),
+            };
+            let result = s.replicate(id, cmd, deadline).await;
+            if let Some(hold) = s.faults.take_lost_answer(s.id, &key) {
+                tokio::time::sleep(hold).await;
+                return Err(LocalError::Status(Status::unavailable(
+                    "the answer was lost (fault injection)",
+                )));
+            }
+            match result {
                 Ok(CommandResult::Value(Some(v))) => Ok(ok_response(v)),
                 Ok(CommandResult::Value(None)) => {
                     Err(LocalError::Status(Status::not_found("key not found")))
                 }
                 Ok(_) => Ok(ok_response(Vec::new())),
-                Err(WriteError::NotLeader { .. }) if retry_safe => Err(LocalError::NotLeader),
+                Err(WriteError::NotLeader { .. }) => Err(LocalError::NotLeader),
                 Err(e) => Err(LocalError::Status(e.into())),
             }
         }

@@ -1,0 +1,136 @@
+//! What a replicated command does to the state machine: the semantics of
+//! every [`Command`], applied into one RocksDB batch per `apply` call.
+//!
+//! Reads go through an overlay of the batch's own writes, so a command sees
+//! the effects of the commands before it in the same call (a `Batch` entry
+//! holds many). Client sessions (exactly-once writes) are in
+//! [`crate::sessions`].
+
+use std::collections::HashMap;
+
+use ravel_storage::{ApplyBatch, Engine};
+
+use crate::sessions::Sessions;
+use crate::types::{Command, CommandResult, RaftStorageError};
+
+/// One `apply` call's view of the state machine: the database, the batch
+/// being filled, and what the batch has written so far.
+pub(crate) struct Applier<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) batch: ApplyBatch<'a>,
+    /// User keys written by this batch (`None`: deleted).
+    data: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// State-machine metadata written by this batch (`None`: deleted).
+    meta: HashMap<String, Option<Vec<u8>>>,
+}
+
+pub(crate) fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    openraft::StorageIOError::read_state_machine(&e).into()
+}
+
+pub(crate) fn write_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    openraft::StorageIOError::write_state_machine(&e).into()
+}
+
+impl<'a> Applier<'a> {
+    pub(crate) fn new(engine: &'a Engine) -> Self {
+        Self {
+            engine,
+            batch: engine.apply_batch(),
+            data: HashMap::new(),
+            meta: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, RaftStorageError> {
+        match self.data.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.engine.get(key).map_err(read_err),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.put(&key, &value);
+        self.data.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.batch.delete(&key);
+        self.data.insert(key, None);
+    }
+
+    /// A metadata value as this batch sees it.
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStorageError> {
+        match self.meta.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.engine.sm_meta(key).map_err(read_err),
+        }
+    }
+
+    pub(crate) fn put_meta(&mut self, key: String, value: Vec<u8>) {
+        self.batch.put_meta(&key, &value);
+        self.meta.insert(key, Some(value));
+    }
+
+    pub(crate) fn delete_meta(&mut self, key: String) {
+        self.batch.delete_meta(&key);
+        self.meta.insert(key, None);
+    }
+
+    /// Metadata keys starting with `prefix`, as this batch sees them.
+    pub(crate) fn meta_keys(&self, prefix: &str) -> Result<Vec<String>, RaftStorageError> {
+        let mut keys: Vec<String> = self
+            .engine
+            .sm_meta_keys(prefix)
+            .map_err(read_err)?
+            .into_iter()
+            .filter(|k| !matches!(self.meta.get(k), Some(None)))
+            .collect();
+        for (k, v) in &self.meta {
+            if v.is_some() && k.starts_with(prefix) && !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Applies one command and returns its result.
+    pub(crate) fn execute(&mut self, cmd: Command) -> Result<CommandResult, RaftStorageError> {
+        Ok(match cmd {
+            Command::Set { key, value } => {
+                self.put(key, value);
+                CommandResult::Done
+            }
+            Command::Delete { key } => {
+                self.delete(key);
+                CommandResult::Done
+            }
+            Command::GetAndDelete { key } => {
+                let current = self.get(&key)?;
+                self.delete(key);
+                CommandResult::Value(current)
+            }
+            Command::SetIfAbsent { key, value } => {
+                let absent = self.get(&key)?.is_none();
+                if absent {
+                    self.put(key, value);
+                }
+                CommandResult::Applied(absent)
+            }
+            Command::DeleteIfEqual { key, value } => {
+                let equal = self.get(&key)?.as_deref() == Some(value.as_slice());
+                if equal {
+                    self.delete(key);
+                }
+                CommandResult::Applied(equal)
+            }
+            Command::Batch(cmds) => CommandResult::Batch(
+                cmds.into_iter()
+                    .map(|c| self.execute(c))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Command::Once { id, at_ms, cmd } => Sessions::execute_once(self, id, at_ms, *cmd)?,
+        })
+    }
+}
