@@ -25,7 +25,7 @@ pub mod types;
 
 use std::path::{Path, PathBuf};
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, DEFAULT_MAX_APPEND_BYTES};
 pub use ravel_storage::{Engine, StorageError};
 pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
 pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotFile, TypeConfig};

@@ -15,10 +15,18 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Bytes of log entries sent in one AppendEntries when nothing else is
+/// configured.
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 1 << 20;
+
 /// The Raft log of one replica. Clones share the same database.
 #[derive(Clone, Debug)]
 pub struct LogStore {
     engine: Engine,
+    /// Most bytes of entries one replication RPC carries (at least one
+    /// entry): openraft 0.9 gives an AppendEntries one heartbeat interval to
+    /// be sent, stored and answered, whatever its size.
+    max_append_bytes: usize,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
@@ -43,7 +51,16 @@ where
 
 impl LogStore {
     pub fn new(engine: Engine) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+        }
+    }
+
+    /// Bounds the bytes of entries read for one replication RPC.
+    pub fn with_max_append_bytes(mut self, bytes: usize) -> Self {
+        self.max_append_bytes = bytes.max(1);
+        self
     }
 
     fn meta<T: serde::de::DeserializeOwned>(
@@ -86,6 +103,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
         let raw = self.engine.log_entries(range).map_err(read_err)?;
+        Self::decode_entries(raw)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let raw = self
+            .engine
+            .log_entries_limited(start, end, self.max_append_bytes)
+            .map_err(read_err)?;
         Self::decode_entries(raw)
     }
 }

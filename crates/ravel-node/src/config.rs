@@ -59,6 +59,10 @@ pub struct RaftSettings {
     /// Longest a join waits for the new replica to catch up before it is
     /// promoted to voter.
     pub join_timeout_ms: u64,
+    /// Most bytes of log entries in one AppendEntries (at least one entry).
+    /// openraft 0.9 gives each AppendEntries one heartbeat interval to be
+    /// sent, stored and answered: keep this small enough for that.
+    pub max_append_bytes: usize,
 }
 
 impl Default for RaftSettings {
@@ -68,6 +72,7 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             join_timeout_ms: 60_000,
+            max_append_bytes: ravel_consensus::DEFAULT_MAX_APPEND_BYTES,
         }
     }
 }
@@ -110,6 +115,9 @@ pub struct Limits {
     pub batch_max_commands: usize,
     /// Most key+value bytes gathered into one Raft entry.
     pub batch_max_bytes: usize,
+    /// Batches proposed to Raft and not yet answered, at most: more batch
+    /// formation overlaps the commit of the previous batches.
+    pub max_proposals_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -120,7 +128,10 @@ impl Default for Limits {
             max_in_flight_requests: 1024,
             request_timeout_ms: 5_000,
             batch_max_commands: 512,
-            batch_max_bytes: 4 << 20,
+            // One entry is at most this plus one command; it must
+            // replicate within a heartbeat interval (see max_append_bytes).
+            batch_max_bytes: 1 << 20,
+            max_proposals_in_flight: 1,
         }
     }
 }
@@ -222,6 +233,27 @@ impl NodeConfig {
         if l.batch_max_commands == 0 || l.batch_max_bytes == 0 {
             return invalid("limits.batch_max_commands", "batch limits must be > 0");
         }
+        if l.max_proposals_in_flight == 0 {
+            return invalid("limits.max_proposals_in_flight", "must be > 0");
+        }
+        // The largest entry (a batch plus the command that crossed the
+        // limit) must fit in one Raft message.
+        let largest_entry = l.batch_max_bytes + l.max_value_bytes + l.max_key_bytes + (64 << 10);
+        if largest_entry > MAX_RAFT_MESSAGE_BYTES {
+            return invalid(
+                "limits.batch_max_bytes",
+                &format!(
+                    "batch_max_bytes + max_value_bytes + max_key_bytes must stay under the Raft message limit of {MAX_RAFT_MESSAGE_BYTES} bytes"
+                ),
+            );
+        }
+        if self.raft.max_append_bytes == 0 || self.raft.max_append_bytes > MAX_RAFT_MESSAGE_BYTES / 2
+        {
+            return invalid(
+                "raft.max_append_bytes",
+                "must be between 1 byte and half the Raft message limit (32 MiB)",
+            );
+        }
         Ok(())
     }
 
@@ -266,6 +298,10 @@ impl NodeConfig {
             .map_err(|e| ConfigError::invalid("raft", e.to_string()))
     }
 }
+
+/// Largest gRPC message on the Raft service (an AppendEntries with its
+/// entries, a snapshot chunk).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The settings `RAVEL_*` variables may set. Other `RAVEL_*` variables
 /// (test seeds, the CLI's `RAVEL_ADMIN_HTTP`, the admin's settings) are not

@@ -68,6 +68,34 @@ impl Engine {
         Ok(out)
     }
 
+    /// Entries from `start` (inclusive) to `end` (exclusive), in order,
+    /// stopping once they add up to `max_bytes` (always at least one entry
+    /// when the range holds any): a bounded read for one replication RPC.
+    pub fn log_entries_limited(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let from = key(start);
+        let iter = self.db().iterator_cf(
+            self.cf(CF_LOG),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            let index = decode_key(self, &k)?;
+            if index >= end || (!out.is_empty() && bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            out.push((index, v.into_vec()));
+        }
+        Ok(out)
+    }
+
     /// The entry with the highest index, if the log holds any.
     pub fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>> {
         let mut iter = self.db().iterator_cf(self.cf(CF_LOG), IteratorMode::End);
@@ -156,6 +184,19 @@ mod tests {
 
         e.purge_log(u64::MAX, ("last_purged", b"max")).unwrap();
         assert_eq!(e.last_log().unwrap(), None);
+    }
+
+    #[test]
+    fn limited_reads_stop_at_the_byte_budget_but_return_one_entry() {
+        let (_dir, e) = engine();
+        e.append_log((1..=10u64).map(|i| (i, vec![0u8; 100]))).unwrap();
+        let got = e.log_entries_limited(1, 11, 250).unwrap();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
+        let got = e.log_entries_limited(3, 11, 10).unwrap();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3]);
+        let got = e.log_entries_limited(9, 100, 1 << 20).unwrap();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![9, 10]);
+        assert!(e.log_entries_limited(11, 20, 1 << 20).unwrap().is_empty());
     }
 
     #[test]

@@ -73,6 +73,7 @@ impl Default for TestSettings {
                 election_timeout_min_ms: 300,
                 election_timeout_max_ms: 600,
                 join_timeout_ms: 30_000,
+                ..RaftSettings::default()
             },
             snapshot: SnapshotSettings::default(),
             limits: Limits {

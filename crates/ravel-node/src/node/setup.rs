@@ -119,6 +119,7 @@ pub(super) fn open_data_dir(dir: &Path, cfg: &NodeConfig) -> Result<OpenedDir, N
     })?;
     let pid_lock = identity::lock_pid(dir)?;
     let (log_store, state_machine) = DataDir::new(dir).open(cfg.snapshot.chunk_bytes)?;
+    let log_store = log_store.with_max_append_bytes(cfg.raft.max_append_bytes);
     Ok(OpenedDir {
         pid_lock,
         log_store,

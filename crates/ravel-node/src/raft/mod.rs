@@ -10,6 +10,4 @@ mod service;
 pub use network::{GrpcRaftNetwork, SnapshotTransfer};
 pub use service::RaftService;
 
-/// Largest gRPC message we accept or send on the Raft service; append
-/// batches and snapshot chunks stay well under it.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
+pub use crate::config::MAX_RAFT_MESSAGE_BYTES;
