@@ -247,7 +247,8 @@ impl NodeConfig {
                 ),
             );
         }
-        if self.raft.max_append_bytes == 0 || self.raft.max_append_bytes > MAX_RAFT_MESSAGE_BYTES / 2
+        if self.raft.max_append_bytes == 0
+            || self.raft.max_append_bytes > MAX_RAFT_MESSAGE_BYTES / 2
         {
             return invalid(
                 "raft.max_append_bytes",

@@ -189,7 +189,8 @@ mod tests {
     #[test]
     fn limited_reads_stop_at_the_byte_budget_but_return_one_entry() {
         let (_dir, e) = engine();
-        e.append_log((1..=10u64).map(|i| (i, vec![0u8; 100]))).unwrap();
+        e.append_log((1..=10u64).map(|i| (i, vec![0u8; 100])))
+            .unwrap();
         let got = e.log_entries_limited(1, 11, 250).unwrap();
         assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
         let got = e.log_entries_limited(3, 11, 10).unwrap();

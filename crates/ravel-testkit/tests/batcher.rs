@@ -50,8 +50,11 @@ async fn a_write_abandoned_in_the_queue_is_never_applied() {
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
     for f in sys.members(&cluster).into_iter().filter(|&f| f != leader) {
-        sys.faults
-            .delay(sys.nodes[leader].id, sys.nodes[f].id, Duration::from_millis(80));
+        sys.faults.delay(
+            sys.nodes[leader].id,
+            sys.nodes[f].id,
+            Duration::from_millis(80),
+        );
     }
     let mut abandoned = 0;
     for round in 0..5 {
@@ -71,13 +74,24 @@ async fn a_write_abandoned_in_the_queue_is_never_applied() {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let key = format!("abandoned-{round}");
-        let r = run_with_timeout(&sys, leader, "set", key.as_bytes(), b"x", Duration::from_millis(30)).await;
+        let r = run_with_timeout(
+            &sys,
+            leader,
+            "set",
+            key.as_bytes(),
+            b"x",
+            Duration::from_millis(30),
+        )
+        .await;
         if r.is_err() {
             abandoned += 1;
         }
         first.await.unwrap().expect("the slow write commits");
     }
-    assert!(abandoned > 0, "no write was abandoned: the test proves nothing");
+    assert!(
+        abandoned > 0,
+        "no write was abandoned: the test proves nothing"
+    );
     // Let anything still queued commit, then look.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let applied: Vec<String> = (0..5)
@@ -125,7 +139,11 @@ async fn an_unanswered_proposal_does_not_block_later_writes() {
     let lost = run_with_timeout(&sys, old, "set", b"lost", b"?", Duration::from_millis(500)).await;
     assert!(lost.is_err(), "a cut-off leader committed a write");
     // The others elect a leader and write past a snapshot and a purge.
-    let others: Vec<usize> = sys.members(&cluster).into_iter().filter(|&i| i != old).collect();
+    let others: Vec<usize> = sys
+        .members(&cluster)
+        .into_iter()
+        .filter(|&i| i != old)
+        .collect();
     let new = wait_for(Duration::from_secs(10), "a leader among the others", || {
         let best = others.iter().copied().find(|&i| {
             let m = sys.nodes[i].node().raft().metrics().borrow().clone();
@@ -142,20 +160,33 @@ async fn an_unanswered_proposal_does_not_block_later_writes() {
     sys.heal();
     // The old leader catches up (by snapshot: its log is purged on the new
     // leader), then becomes leader again.
-    wait_for(Duration::from_secs(20), "the old leader to catch up", || {
-        let done = sys.nodes[old].node().local_get(b"k59").ok().flatten().is_some();
-        async move { done.then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the old leader to catch up",
+        || {
+            let done = sys.nodes[old]
+                .node()
+                .local_get(b"k59")
+                .ok()
+                .flatten()
+                .is_some();
+            async move { done.then_some(()) }
+        },
+    )
     .await;
-    wait_for(Duration::from_secs(20), "the old leader to lead again", || {
-        let raft = sys.nodes[old].node().raft().clone();
-        async move {
-            let _ = raft.trigger().elect().await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let m = raft.metrics().borrow().clone();
-            (m.state == openraft::ServerState::Leader).then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the old leader to lead again",
+        || {
+            let raft = sys.nodes[old].node().raft().clone();
+            async move {
+                let _ = raft.trigger().elect().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let m = raft.metrics().borrow().clone();
+                (m.state == openraft::ServerState::Leader).then_some(())
+            }
+        },
+    )
     .await;
     let r = run_with_timeout(&sys, old, "set", b"after", b"1", Duration::from_secs(3)).await;
     assert!(
