@@ -113,6 +113,8 @@ pub struct Registry {
     current: Mutex<Arc<RegistryState>>,
     /// Serialises updates (read, change, persist, publish).
     writer: tokio::sync::Mutex<()>,
+    /// Bumped after every published change, for those who wait for one.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Registry {
@@ -140,6 +142,7 @@ impl Registry {
             path,
             current: Mutex::new(Arc::new(state)),
             writer: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -169,8 +172,14 @@ impl Registry {
                 .await
                 .map_err(|e| RegistryError::Interrupted(e.to_string()))??;
             *self.current.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            self.changes.send_modify(|v| *v += 1);
         }
         Ok(r)
+    }
+
+    /// A receiver that sees every published change.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

@@ -127,6 +127,22 @@ impl Router {
             .map(|(_, m)| m.grpc_address.clone())
     }
 
+    /// Resolves with the new leader's address once the registry's leader
+    /// of `cluster` changes (from what it is now) to one other than `addr`.
+    async fn leader_moves_from(&self, cluster: &str, addr: &str) -> String {
+        let mut changes = self.registry.changes();
+        let before = self.known_leader(cluster);
+        loop {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let now = self.known_leader(cluster);
+            if let Some(l) = now.filter(|l| l != addr && Some(l) != before.as_ref()) {
+                return l;
+            }
+        }
+    }
+
     /// Asks each replica of `cluster` whether it leads; records the answer.
     async fn discover_leader(&self, cluster: &str) -> Option<String> {
         let state = self.registry.snapshot();
@@ -182,13 +198,23 @@ impl Router {
                     .pool
                     .channel(&a)
                     .map_err(|e| CallError::Unavailable(e.to_string()))?;
-                match tokio::time::timeout(remaining, f(ch, remaining)).await {
+                let answer = tokio::select! {
+                    r = tokio::time::timeout(remaining, f(ch, remaining)) => r,
+                    // The cluster reported a new leader while this call
+                    // waited on the old one (cut off, paused): go there now.
+                    // Writes carry their request id, so a write that did
+                    // reach the old leader still takes effect once.
+                    new = self.leader_moves_from(cluster, &a) => {
+                        last = format!("{a}: leadership moved to {new}");
+                        addr = Some(new);
+                        continue;
+                    }
+                };
+                match answer {
                     Ok(Ok(v)) => return Ok(v),
                     Ok(Err(s))
-                        if matches!(
-                            s.code(),
-                            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-                        ) =>
+                        if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+                            || ravel_transport::is_broken_call(&s) =>
                     {
                         last = format!("{a}: {}", s.message());
                         // A node that knows the leader says so.

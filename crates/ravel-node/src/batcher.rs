@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::Limits;
+use crate::contact::QuorumContact;
 
 /// Why a write did not (knowingly) happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,7 +95,7 @@ struct Policy {
 
 impl WriteBatcher {
     /// Starts the batching task. It ends when every handle is dropped.
-    pub fn spawn(raft: Raft, limits: &Limits) -> Self {
+    pub fn spawn(raft: Raft, limits: &Limits, contact: QuorumContact) -> Self {
         let (tx, rx) = mpsc::channel(limits.max_in_flight_requests.max(1));
         let policy = Policy {
             max_commands: limits.batch_max_commands.max(1),
@@ -102,7 +103,7 @@ impl WriteBatcher {
             max_in_flight: limits.max_proposals_in_flight.max(1),
             deadline: limits.request_timeout(),
         };
-        tokio::spawn(run(raft, rx, policy));
+        tokio::spawn(run(raft, rx, policy, contact));
         Self { tx }
     }
 
@@ -121,7 +122,7 @@ impl WriteBatcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, policy: Policy) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, policy: Policy, contact: QuorumContact) {
     let slots = Arc::new(Semaphore::new(policy.max_in_flight));
     loop {
         // A slot first: what queues while we wait for one joins this batch.
@@ -149,7 +150,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, policy: Policy) {
                 Err(_) => break,
             }
         }
-        tokio::spawn(propose(raft.clone(), batch, policy.deadline, slot));
+        tokio::spawn(propose(
+            raft.clone(),
+            batch,
+            policy.deadline,
+            contact.clone(),
+            slot,
+        ));
     }
 }
 
@@ -162,8 +169,15 @@ async fn deposed(raft: &Raft, term: u64) {
 }
 
 /// Proposes one batch and hands each caller its result. Holds `_slot`
-/// until Raft answers, the deadline passes or leadership moves.
-async fn propose(raft: Raft, batch: Vec<Pending>, deadline: Duration, _slot: OwnedSemaphorePermit) {
+/// until Raft answers, the deadline passes, leadership moves or this
+/// leader loses contact with its majority.
+async fn propose(
+    raft: Raft,
+    batch: Vec<Pending>,
+    deadline: Duration,
+    contact: QuorumContact,
+    _slot: OwnedSemaphorePermit,
+) {
     let (cmds, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let n = cmds.len();
@@ -182,6 +196,7 @@ async fn propose(raft: Raft, batch: Vec<Pending>, deadline: Duration, _slot: Own
         }),
         _ = tokio::time::sleep(deadline) => Err(WriteError::Timeout),
         _ = deposed(&raft, term) => Err(WriteError::NotLeader { leader: None }),
+        _ = contact.lost(&raft) => Err(WriteError::NotLeader { leader: None }),
     };
     let results: Vec<Result<CommandResult, WriteError>> = match outcome {
         Ok(resp) => match (n, resp.data) {

@@ -68,9 +68,14 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            // A dead or cut-off leader is replaced within about one
+            // lease (openraft: election_timeout_max, during which followers
+            // refuse to vote) plus one election timeout: ~0.5-1 s. The
+            // price: 20 heartbeats a second per follower, and a leader whose
+            // disk or process stalls for over 250 ms may be deposed.
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             join_timeout_ms: 60_000,
             max_append_bytes: ravel_consensus::DEFAULT_MAX_APPEND_BYTES,
         }

@@ -18,6 +18,7 @@ mod admin_link;
 mod batcher;
 pub mod cli;
 pub mod config;
+mod contact;
 pub mod identity;
 pub mod kill;
 mod node;

@@ -60,6 +60,10 @@ pub struct Operation {
     /// outcomes (open to the end of the history).
     pub complete: Option<u64>,
     pub outcome: Outcome,
+    /// Where the request went (a node's or the admin's address), for
+    /// reading a failure; not used by the checker.
+    #[serde(default)]
+    pub via: String,
 }
 
 /// A handle for an invoked operation; complete it with
@@ -106,8 +110,15 @@ impl History {
             invoke,
             complete: None,
             outcome: Outcome::Unknown,
+            via: String::new(),
         });
         Pending(id)
+    }
+
+    /// Records where an invoked operation was sent.
+    pub fn sent_to(&self, pending: &Pending, via: &str) {
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops[pending.0].via = via.to_string();
     }
 
     /// Records the outcome of an invoked operation, now.

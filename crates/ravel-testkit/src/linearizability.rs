@@ -403,7 +403,7 @@ impl Violation {
             };
             let _ = writeln!(
                 out,
-                "{:>5} c{:<3} {:<width$}  {:>9.3}..{:<9} {}{}",
+                "{:>5} c{:<3} {:<width$}  {:>9.3}..{:<9} {}{}{}",
                 o.id,
                 o.client,
                 bar,
@@ -412,6 +412,11 @@ impl Violation {
                     .map(|c| format!("{:.3}", (c - t0) as f64 / 1e6))
                     .unwrap_or_else(|| "open".into()),
                 describe(o),
+                if o.via.is_empty() {
+                    String::new()
+                } else {
+                    format!(" via {}", o.via)
+                },
                 mark,
                 width = WIDTH as usize + 2
             );
@@ -455,6 +460,7 @@ mod tests {
                 invoke: *invoke,
                 complete: *complete,
                 outcome: outcome.clone(),
+                via: String::new(),
             })
             .collect()
     }
@@ -613,6 +619,7 @@ mod tests {
             invoke: 0,
             complete: Some(1),
             outcome: read(None),
+            via: String::new(),
         });
         let bad = check(&ops);
         assert_eq!(bad.len(), 1);

@@ -169,11 +169,13 @@ impl Client {
             }
         };
         let pending = self.history.invoke(self.id, &key, op.clone());
-        let outcome = if use_http {
-            self.http(&key, &op).await
+        let (outcome, via) = if use_http {
+            let via = self.targets.http.clone().unwrap_or_default();
+            (self.http(&key, &op).await, via)
         } else {
             self.grpc(&key, &op).await
         };
+        self.history.sent_to(&pending, &via);
         if let Outcome::Ok(Output::Value(Some(v))) = &outcome {
             self.remember(v.clone());
         }
@@ -190,7 +192,8 @@ impl Client {
         }
     }
 
-    async fn grpc(&mut self, key: &str, op: &Op) -> Outcome {
+    /// The outcome, and where the request went.
+    async fn grpc(&mut self, key: &str, op: &Op) -> (Outcome, String) {
         let (operation, value) = match op {
             Op::Set(v) => (ops::SET, v.clone()),
             Op::Get => (ops::GET, Vec::new()),
@@ -199,15 +202,27 @@ impl Client {
             Op::SetIfAbsent(v) | Op::DeleteIfEqual(v) => return self.conditional(key, op, v).await,
         };
         let Some(addr) = self.pick_node() else {
-            return Outcome::Fail;
+            return (Outcome::Fail, String::new());
         };
+        let outcome = self.run_at(&addr, key, op, operation, value).await;
+        (outcome, addr)
+    }
+
+    async fn run_at(
+        &mut self,
+        addr: &str,
+        key: &str,
+        op: &Op,
+        operation: &str,
+        value: Vec<u8>,
+    ) -> Outcome {
         let mut req = tonic::Request::new(Command {
             operation: operation.into(),
             key: key.as_bytes().to_vec(),
             value,
         });
         req.set_timeout(self.timeout);
-        let mut client = node_client(&addr);
+        let mut client = node_client(addr);
         match tokio::time::timeout(self.timeout, client.run(req)).await {
             Err(_) => Outcome::Unknown,
             Ok(Ok(resp)) => {
@@ -239,7 +254,7 @@ impl Client {
         }
     }
 
-    async fn conditional(&mut self, key: &str, op: &Op, v: &[u8]) -> Outcome {
+    async fn conditional(&mut self, key: &str, op: &Op, v: &[u8]) -> (Outcome, String) {
         let leader = self
             .targets
             .leader
@@ -247,14 +262,19 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let Some(addr) = leader.or_else(|| self.pick_node()) else {
-            return Outcome::Fail;
+            return (Outcome::Fail, String::new());
         };
+        let outcome = self.conditional_at(&addr, key, op, v).await;
+        (outcome, addr)
+    }
+
+    async fn conditional_at(&mut self, addr: &str, key: &str, op: &Op, v: &[u8]) -> Outcome {
         let mut req = tonic::Request::new(KeyValue {
             key: key.as_bytes().to_vec(),
             value: v.to_vec(),
         });
         req.set_timeout(self.timeout);
-        let mut c = RavelNodeExtClient::new(channel(&addr));
+        let mut c = RavelNodeExtClient::new(channel(addr));
         let call = async {
             if matches!(op, Op::SetIfAbsent(_)) {
                 c.set_if_absent(req).await

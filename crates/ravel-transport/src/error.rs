@@ -32,6 +32,21 @@ pub enum TransportError {
     Codec { addr: String, reason: String },
 }
 
+/// Whether a status means the call broke off rather than that the peer
+/// answered: tonic reports a connection reset, or a peer that died
+/// mid-request, as `UNKNOWN: transport error` (or an h2 protocol error, or
+/// `CANCELLED`). The request's outcome is unknown, as after a timeout.
+pub fn is_broken_call(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Cancelled => true,
+        tonic::Code::Unknown | tonic::Code::Internal => {
+            let m = status.message();
+            m.starts_with("transport error") || m.starts_with("h2 protocol error")
+        }
+        _ => false,
+    }
+}
+
 impl TransportError {
     /// Classifies a tonic status from `addr`.
     pub fn from_status(addr: &str, status: tonic::Status) -> Self {

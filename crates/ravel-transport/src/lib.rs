@@ -16,6 +16,6 @@ mod pool;
 pub mod retry;
 pub mod session;
 
-pub use error::TransportError;
+pub use error::{is_broken_call, TransportError};
 pub use faults::Faults;
 pub use pool::{ChannelOptions, ChannelPool};

@@ -172,13 +172,17 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let contact = crate::contact::QuorumContact::new(Duration::from_millis(
+            cfg.raft.election_timeout_max_ms,
+        ));
         let state = Arc::new(NodeState {
             id,
             cluster_id: cluster_id.clone(),
             advertised: bound.advertised.clone(),
             raft: raft.clone(),
             engine: engine.clone(),
-            batcher: WriteBatcher::spawn(raft.clone(), &cfg.limits),
+            batcher: WriteBatcher::spawn(raft.clone(), &cfg.limits, contact.clone()),
+            contact,
             pool: pool.clone(),
             faults: opts.faults.clone(),
             session: ravel_transport::session::ClientSession::new(),

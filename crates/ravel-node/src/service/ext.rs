@@ -183,6 +183,11 @@ async fn conditional(
         s.check_sizes(key, value)?;
     }
     s.leader_only()?;
+    if !s.contact.fresh(&s.raft) {
+        return Err(Status::unavailable(
+            "this node leads but has lost contact with a majority of its cluster; not applied",
+        ));
+    }
     match s.replicate(id, cmd, s.deadline()).await? {
         CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),

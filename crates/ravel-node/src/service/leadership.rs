@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use openraft::error::RaftError;
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::ServerState;
 use ravel_consensus::types::NodeId;
@@ -105,7 +105,17 @@ impl NodeState {
             Err(_) => Err(Unconfirmed::Unavailable(Status::unavailable(
                 "could not confirm leadership with a quorum within the request deadline",
             ))),
-            Ok(Err(RaftError::APIError(_))) => Err(Unconfirmed::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(Unconfirmed::NotLeader)
+            }
+            // Still leader as far as it knows, but a majority did not
+            // answer: asking again at once would only spin until the
+            // deadline. The client may try another node.
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(Unconfirmed::Unavailable(Status::unavailable(format!(
+                    "this node leads but could not reach a majority of its cluster: {q}"
+                ))))
+            }
             Ok(Err(e)) => Err(Unconfirmed::Unavailable(Status::unavailable(e.to_string()))),
             Ok(Ok(_)) => Ok(()),
         }
@@ -140,8 +150,25 @@ impl NodeState {
         ))
     }
 
+    /// Resolves once Raft names a usable leader other than `leader`.
+    async fn leader_moves_from(&self, leader: NodeId) {
+        let me = self.id;
+        let mut metrics = self.raft.metrics();
+        let _ = metrics
+            .wait_for(|m| match leadership_of(m, me) {
+                Leadership::Local => true,
+                Leadership::Remote { id, .. } => id != leader,
+                Leadership::Unknown => false,
+            })
+            .await;
+    }
+
     /// Sends a request to the leader on behalf of a client, marked as
-    /// forwarded, with the client's remaining deadline.
+    /// forwarded, with the client's remaining deadline. If another leader
+    /// is elected meanwhile (the one we forwarded to was cut off or paused),
+    /// gives up on this attempt with [`Forward::LeaderChanged`]: the caller
+    /// sends it again to the new leader (writes carry their request id, so
+    /// they take effect once).
     pub(super) async fn forward<Req, Resp, F, Fut>(
         &self,
         leader: NodeId,
@@ -150,7 +177,7 @@ impl NodeState {
         id: Option<RequestId>,
         deadline: Instant,
         call: F,
-    ) -> Result<Response<Resp>, Status>
+    ) -> Result<Response<Resp>, Forward>
     where
         F: FnOnce(RavelNodeClient<Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
@@ -158,7 +185,7 @@ impl NodeState {
         self.faults
             .check(self.id, leader)
             .await
-            .map_err(transport_status)?;
+            .map_err(|e| Forward::Failed(transport_status(e)))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut req = Request::new(body);
         req.set_timeout(remaining);
@@ -167,19 +194,47 @@ impl NodeState {
         if let Some(id) = id {
             id.insert(req.metadata_mut());
         }
-        let client = self.client(addr)?;
-        let mut resp = match tokio::time::timeout(remaining, call(client, req)).await {
+        let client = self.client(addr).map_err(Forward::Failed)?;
+        let answer = tokio::select! {
+            r = tokio::time::timeout(remaining, call(client, req)) => r,
+            _ = self.leader_moves_from(leader) => return Err(Forward::LeaderChanged),
+        };
+        let mut resp = match answer {
             Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "leader {addr} did not answer the forwarded request in time"
-                )))
+                return Err(Forward::Failed(Status::deadline_exceeded(format!(
+                    "leader {addr} did not answer the forwarded request in time; it may still be applied"
+                ))))
             }
-            Ok(r) => r?,
+            Ok(Err(s)) => return Err(Forward::Failed(broken_call_status(s, addr))),
+            Ok(Ok(r)) => r,
         };
         if !resp.metadata().contains_key(metadata::LEADER) {
             set_leader(&mut resp, addr);
         }
         Ok(resp)
+    }
+}
+
+/// Why a forwarded call did not produce the leader's answer.
+pub(super) enum Forward {
+    /// Another leader was elected while we waited: send it again there.
+    LeaderChanged,
+    /// The leader answered with this status, or the call failed.
+    Failed(Status),
+}
+
+/// A call that broke off (connection reset, the leader died mid-request)
+/// surfaces from tonic as `UNKNOWN: transport error` or `CANCELLED`: to the
+/// client that is unavailability whose outcome is unknown, and says so.
+/// Statuses the leader itself sent pass through.
+pub(super) fn broken_call_status(s: Status, addr: &str) -> Status {
+    if ravel_transport::is_broken_call(&s) {
+        Status::unavailable(format!(
+            "the call to leader {addr} broke off ({}); the request's outcome is unknown",
+            s.message()
+        ))
+    } else {
+        s
     }
 }
 

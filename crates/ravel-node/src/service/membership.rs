@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::leadership::{is_forwarded, Leadership};
+use super::leadership::{is_forwarded, Forward, Leadership};
 use super::status::{membership_in_progress, membership_status, set_leader};
 use super::NodeState;
 
@@ -34,7 +34,7 @@ pub(super) async fn join(s: &NodeState, request: Request<Node>) -> Result<Respon
         forwarded,
         node,
         deadline,
-        join_local(s, id, addr, deadline),
+        || join_local(s, id, addr.clone(), deadline),
         |mut c, r| async move { c.join(r).await },
     )
     .await
@@ -50,7 +50,7 @@ pub(super) async fn leave(s: &NodeState, request: Request<Node>) -> Result<Respo
         forwarded,
         node,
         deadline,
-        leave_local(s, id, deadline),
+        || leave_local(s, id, deadline),
         |mut c, r| async move { c.leave(r).await },
     )
     .await
@@ -66,8 +66,9 @@ fn parse_node_id(node: &Node) -> Result<NodeId, Status> {
     }
 }
 
-/// Runs `local` on the leader, or forwards the request to it.
-async fn membership_call<L, F, Fut>(
+/// Runs `local` on the leader, or forwards the request to it (again to a
+/// new leader if the one it went to is replaced meanwhile).
+async fn membership_call<L, LFut, F, Fut>(
     s: &NodeState,
     forwarded: bool,
     node: Node,
@@ -76,22 +77,32 @@ async fn membership_call<L, F, Fut>(
     forward: F,
 ) -> Result<Response<Void>, Status>
 where
-    L: std::future::Future<Output = Result<(), Status>>,
-    F: FnOnce(RavelNodeClient<Channel>, Request<Node>) -> Fut,
+    L: Fn() -> LFut,
+    LFut: std::future::Future<Output = Result<(), Status>>,
+    F: Fn(RavelNodeClient<Channel>, Request<Node>) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Void>, Status>>,
 {
-    match s.await_leader(deadline).await? {
-        Leadership::Local => {
-            local.await?;
-            let mut resp = Response::new(Void {});
-            set_leader(&mut resp, &s.advertised);
-            Ok(resp)
+    loop {
+        match s.await_leader(deadline).await? {
+            Leadership::Local => {
+                local().await?;
+                let mut resp = Response::new(Void {});
+                set_leader(&mut resp, &s.advertised);
+                return Ok(resp);
+            }
+            l @ Leadership::Remote { .. } if forwarded => return Err(s.not_leader(&l)),
+            Leadership::Remote { id, addr } => {
+                match s
+                    .forward(id, &addr, node.clone(), None, deadline, &forward)
+                    .await
+                {
+                    Ok(r) => return Ok(r),
+                    Err(Forward::LeaderChanged) => continue,
+                    Err(Forward::Failed(st)) => return Err(st),
+                }
+            }
+            Leadership::Unknown => unreachable!("await_leader returns a known leader"),
         }
-        l @ Leadership::Remote { .. } if forwarded => Err(s.not_leader(&l)),
-        Leadership::Remote { id, addr } => {
-            s.forward(id, &addr, node, None, deadline, forward).await
-        }
-        Leadership::Unknown => unreachable!("await_leader returns a known leader"),
     }
 }
 

@@ -38,6 +38,7 @@ use tonic::{Request, Response, Status};
 
 use crate::batcher::{WriteBatcher, WriteError};
 use crate::config::{Limits, NodeConfig};
+use crate::contact::QuorumContact;
 use crate::raft::RaftService;
 
 /// What the services of one node share. Built once by `Node::start`, held
@@ -55,6 +56,8 @@ pub struct NodeState {
     pub engine: Engine,
     /// Gathers concurrent writes into Raft entries (one task per node).
     pub batcher: WriteBatcher,
+    /// Whether this node, as leader, is in touch with a majority.
+    pub contact: QuorumContact,
     /// Channels to peers, for forwarding; shared with the Raft network.
     pub pool: ChannelPool,
     /// Test-only fault injection on forwarded calls.

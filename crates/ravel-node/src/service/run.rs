@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::leadership::{is_forwarded, Leadership, Unconfirmed};
+use super::leadership::{is_forwarded, Forward, Leadership, Unconfirmed};
 use super::status::{ok_response, set_leader};
 use super::NodeState;
 use crate::batcher::WriteError;
@@ -44,9 +44,18 @@ pub(super) async fn run(
     let (id, _ticket) = s.request_id(&request)?;
     let cmd = request.into_inner();
     let span = tracing::debug_span!("run", op = %cmd.operation, key_len = cmd.key.len(), forwarded);
-    serve(s, cmd, id, forwarded, deadline)
-        .instrument(span)
-        .await
+    let started = Instant::now();
+    let result = serve(s, cmd, id, forwarded, deadline)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            code = ?result.as_ref().err().map(|e| e.code()),
+            "run done"
+        )
+    });
+    result
 }
 
 async fn serve(
@@ -56,9 +65,23 @@ async fn serve(
     forwarded: bool,
     deadline: Instant,
 ) -> Result<Response<RunResponse>, Status> {
+    // Whether an earlier attempt was proposed: then a failure's outcome is
+    // unknown, not "not applied".
+    let mut proposed = false;
     loop {
         let op = validate(s, &cmd)?;
-        match s.await_leader(deadline).await? {
+        let leadership = s.await_leader(deadline).await?;
+        if matches!(leadership, Leadership::Local)
+            && matches!(op, Op::Write(_))
+            && !s.contact.fresh(&s.raft)
+        {
+            return Err(Status::unavailable(if proposed {
+                "this node leads but has lost contact with a majority of its cluster; the request's outcome is unknown"
+            } else {
+                "this node leads but has lost contact with a majority of its cluster; not applied"
+            }));
+        }
+        match leadership {
             Leadership::Local => match run_local(s, op, id, deadline).await {
                 Ok(r) => {
                     let mut resp = Response::new(r);
@@ -67,6 +90,7 @@ async fn serve(
                 }
                 Err(LocalError::Status(st)) => return Err(st),
                 Err(LocalError::NotLeader) => {
+                    proposed = true;
                     // Leadership moved while the request was in flight:
                     // it may or may not have taken effect; sending it
                     // again (same id) through the new leader is safe.
@@ -80,16 +104,24 @@ async fn serve(
             },
             l @ Leadership::Remote { .. } if forwarded => return Err(s.not_leader(&l)),
             Leadership::Remote { id: leader, addr } => {
-                return s
+                match s
                     .forward(
                         leader,
                         &addr,
-                        cmd,
+                        cmd.clone(),
                         Some(id),
                         deadline,
                         |mut c, r| async move { c.run(r).await },
                     )
                     .await
+                {
+                    Ok(r) => return Ok(r),
+                    // The leader we forwarded to was replaced while the
+                    // request was in flight: send it to the new one (same
+                    // request id, so it takes effect once).
+                    Err(Forward::LeaderChanged) => continue,
+                    Err(Forward::Failed(st)) => return Err(st),
+                }
             }
             Leadership::Unknown => unreachable!("await_leader returns a known leader"),
         }
