@@ -17,6 +17,7 @@
 
 mod apply;
 pub mod codec;
+pub mod failpoints;
 mod log_store;
 pub mod sessions;
 mod snapshot_files;

@@ -87,6 +87,7 @@ impl LogStore {
     where
         I: IntoIterator<Item = Entry>,
     {
+        crate::failpoints::hit("append", self.engine.path()).map_err(write_err)?;
         let mut encoded = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_err)?;
@@ -139,6 +140,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
+        crate::failpoints::hit("vote", self.engine.path())
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         let bytes = codec::encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
         let engine = self.engine.clone();
         blocking(move || {
@@ -194,11 +197,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        crate::failpoints::hit("truncate", self.engine.path()).map_err(write_err)?;
         let engine = self.engine.clone();
         blocking(move || engine.truncate_log(log_id.index).map_err(write_err)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        crate::failpoints::hit("purge", self.engine.path()).map_err(write_err)?;
         let marker = codec::encode(&log_id).map_err(write_err)?;
         let engine = self.engine.clone();
         blocking(move || {

@@ -137,6 +137,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     codec::encode(&m).map_err(sm_write_err)?,
                 );
             }
+            crate::failpoints::hit("apply", self.engine.path()).map_err(sm_write_err)?;
             applier.batch.commit().map_err(sm_write_err)?;
         }
         Ok(results)
@@ -169,6 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), RaftStorageError> {
+        crate::failpoints::hit("snapshot_install", self.engine.path()).map_err(snap_err)?;
         let (file, path) = snapshot.into_parts();
         let mut file = file.into_std().await;
         let engine = self.engine.clone();
@@ -219,6 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        crate::failpoints::hit("snapshot_build", self.engine.path()).map_err(snap_err)?;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
         let (meta, path) = blocking(move || snapshots.build(&engine).map_err(snap_err)).await?;

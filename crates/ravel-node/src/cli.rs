@@ -145,8 +145,18 @@ async fn run(cfg: NodeConfig) -> ExitCode {
         addr = node.addr(),
         "serving"
     );
-    ravel_runtime::signal::terminated().await;
-    tracing::info!("shutting down");
-    node.shutdown().await;
-    ExitCode::SUCCESS
+    tokio::select! {
+        _ = ravel_runtime::signal::terminated() => {
+            tracing::info!("shutting down");
+            node.shutdown().await;
+            ExitCode::SUCCESS
+        }
+        reason = node.failed() => {
+            // Fail-stop: a replica that cannot persist must not serve.
+            tracing::error!(%reason, "raft stopped; exiting");
+            eprintln!("ravel-node: raft stopped: {reason}");
+            node.shutdown().await;
+            ExitCode::from(3)
+        }
+    }
 }

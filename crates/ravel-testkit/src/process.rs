@@ -51,7 +51,12 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(bin: &Path, args: &[&str], log: &Path) -> std::io::Result<Proc> {
+    fn spawn(
+        bin: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> std::io::Result<Proc> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -62,6 +67,7 @@ impl Proc {
                 "RAVEL_LOG",
                 std::env::var("RAVEL_PROC_LOG").unwrap_or("info,openraft=warn".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
@@ -160,6 +166,8 @@ pub struct ProcNode {
     pub cluster_id: String,
     /// Removed for good (`kill`): never restarted.
     pub removed: bool,
+    /// Extra environment for its next start (e.g. `RAVEL_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProcNode {
@@ -269,6 +277,7 @@ impl ProcSystem {
         self.admin = Proc::spawn(
             &bin("ravel-test-admin"),
             &["--config", cfg.to_str().expect("utf-8 path")],
+            &[],
             &self.admin_log(),
         )
         .expect("spawn admin");
@@ -321,6 +330,7 @@ impl ProcSystem {
             id: 0,
             cluster_id: String::new(),
             removed: false,
+            env: Vec::new(),
         });
         self.start_node(i).await;
         i
@@ -335,6 +345,7 @@ impl ProcSystem {
         n.proc = Proc::spawn(
             &bin("ravel-test-node"),
             &["start", "--config", n.config.to_str().expect("utf-8 path")],
+            &n.env,
             &n.log,
         )
         .expect("spawn node");

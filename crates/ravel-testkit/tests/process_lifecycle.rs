@@ -235,3 +235,74 @@ async fn leader_cut_off_or_killed_under_load_keeps_the_gap_short() {
         );
     }
 }
+
+/// Fail-stop as a process: a replica whose log appends start failing (an
+/// injected disk error) exits with status 3 instead of serving on with Raft
+/// stopped; the rest of the cluster keeps every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_disk_fails_exits_non_zero() {
+    use ravel_proto::node::Command;
+    use ravel_testkit::process::node_client;
+
+    let mut sys = ProcSystem::start(ProcSettings::default()).await;
+    let founder = sys.add_node(true).await;
+    let cluster = sys.nodes[founder].cluster_id.clone();
+    sys.add_node(false).await;
+    sys.add_node(false).await;
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let victim = sys
+        .members(&cluster)
+        .into_iter()
+        .find(|&i| i != leader)
+        .unwrap();
+    assert!(sys.stop_node(victim).is_some_and(|s| s.success()));
+    sys.nodes[victim].env = vec![("RAVEL_FAILPOINTS".into(), "append=5".into())];
+    sys.start_node(victim).await;
+
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let addr = sys.nodes[leader].addr.clone();
+    let run = |op: &str, key: String| {
+        let mut req = tonic::Request::new(Command {
+            operation: op.into(),
+            key: key.clone().into_bytes(),
+            value: key.into_bytes(),
+        });
+        req.set_timeout(Duration::from_secs(5));
+        let mut client = node_client(&addr);
+        async move { client.run(req).await }
+    };
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let key = format!("k{}", acked.len());
+        run("set", key.clone())
+            .await
+            .unwrap_or_else(|e| panic!("write {key}: {e}\n{}", sys.log_tails(20)));
+        acked.push(key);
+        if let Some(st) = sys.node_exited(victim) {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica with a failing disk still runs after {} writes\n{}",
+            acked.len(),
+            sys.log_tails(20)
+        );
+    };
+    println!(
+        "failing replica exited with {status:?} after {} writes",
+        acked.len()
+    );
+    assert_eq!(status.code(), Some(3), "{}", sys.log_tails(20));
+    let log = std::fs::read_to_string(sys.nodes[victim].log()).unwrap();
+    assert!(
+        log.contains("failpoint append"),
+        "the log names the cause:\n{log}"
+    );
+    for key in &acked {
+        let got = run("get", key.clone())
+            .await
+            .expect("read after the failure");
+        assert_eq!(got.get_ref().data, key.as_bytes(), "{key}");
+    }
+}

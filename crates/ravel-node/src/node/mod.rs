@@ -263,6 +263,31 @@ impl Node {
         &self.data_dir
     }
 
+    /// Why Raft stopped on its own (a storage or internal failure), if it
+    /// did. A node whose disk failed must not go on serving what it may no
+    /// longer persist: the binary exits (fail-stop, as PostgreSQL and etcd
+    /// do since fsyncgate) and reports itself unhealthy until then.
+    pub fn fatal(&self) -> Option<String> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Resolves once Raft has stopped on its own; the reason.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(e) = self.fatal() {
+                return e;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft is gone without a recorded reason.
+                return self.fatal().unwrap_or_else(|| "raft stopped".into());
+            }
+        }
+    }
+
     /// Stops serving and shuts Raft down. Everything acknowledged is already
     /// on disk; the database closes (syncing its WAL) once the last task
     /// holding it ends, before this returns.

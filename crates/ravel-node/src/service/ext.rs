@@ -35,6 +35,7 @@ impl RavelNodeExt for NodeService {
         &self,
         request: Request<ListPartitionsRequest>,
     ) -> Result<Response<ListPartitionsResponse>, Status> {
+        self.state.check_running()?;
         list_partitions(&self.state, request.into_inner())
             .await
             .map(Response::new)
@@ -179,6 +180,7 @@ async fn conditional(
     id: RequestId,
     cmd: Command,
 ) -> Result<Response<Applied>, Status> {
+    s.check_running()?;
     if let Command::SetIfAbsent { key, value } | Command::DeleteIfEqual { key, value } = &cmd {
         s.check_sizes(key, value)?;
     }

@@ -72,6 +72,16 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// Refuses every request once Raft has stopped on its own (a storage
+    /// failure): the process is about to exit and must not serve meanwhile,
+    /// not even by forwarding.
+    fn check_running(&self) -> Result<(), Status> {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Status::unavailable(format!("this replica stopped: {e}"))),
+        }
+    }
+
     /// The deadline of a request that arrives now.
     fn deadline(&self) -> Instant {
         Instant::now() + self.limits.request_timeout()
@@ -131,10 +141,12 @@ pub struct NodeService {
 #[tonic::async_trait]
 impl RavelNode for NodeService {
     async fn join(&self, request: Request<Node>) -> Result<Response<Void>, Status> {
+        self.state.check_running()?;
         membership::join(&self.state, request).await
     }
 
     async fn leave(&self, request: Request<Node>) -> Result<Response<Void>, Status> {
+        self.state.check_running()?;
         membership::leave(&self.state, request).await
     }
 
@@ -142,6 +154,7 @@ impl RavelNode for NodeService {
         &self,
         request: Request<ravel_proto::node::Command>,
     ) -> Result<Response<RunResponse>, Status> {
+        self.state.check_running()?;
         run::run(&self.state, request).await
     }
 
