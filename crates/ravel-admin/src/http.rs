@@ -38,6 +38,7 @@ impl From<KvError> for ApiError {
         match e {
             KvError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
             KvError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            KvError::TooLarge(m) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, m),
             KvError::Internal(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
         }
     }

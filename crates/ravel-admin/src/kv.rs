@@ -29,6 +29,8 @@ pub enum KvError {
     Unavailable(String),
     /// The node refused the request (bad input).
     Invalid(String),
+    /// The node refused the request as larger than its limits.
+    TooLarge(String),
     Internal(String),
 }
 
@@ -38,6 +40,13 @@ impl From<CallError> for KvError {
             CallError::Unavailable(m) => KvError::Unavailable(m),
             CallError::Status(s) if s.code() == Code::InvalidArgument => {
                 KvError::Invalid(s.message().to_string())
+            }
+            // tonic refuses a request over the node's decoding limit with
+            // OUT_OF_RANGE ("decoded message length too large").
+            CallError::Status(s)
+                if matches!(s.code(), Code::ResourceExhausted | Code::OutOfRange) =>
+            {
+                KvError::TooLarge(s.message().to_string())
             }
             CallError::Status(s)
                 if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) =>

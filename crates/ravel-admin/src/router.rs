@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ravel_proto::ext::ravel_node_ext_client::RavelNodeExtClient;
+use ravel_proto::limits::MAX_MESSAGE_BYTES;
 use ravel_proto::metadata;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::{Command, Void};
@@ -267,6 +268,8 @@ impl Router {
             }
             async move {
                 RavelNodeClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
                     .run(req)
                     .await
                     .map(|r| r.into_inner().data)
@@ -278,6 +281,8 @@ impl Router {
     /// A client for the Ravel-specific node service (callers go through
     /// [`Router::call`]).
     pub fn ext(ch: Channel) -> RavelNodeExtClient<Channel> {
-        RavelNodeExtClient::new(ch).max_decoding_message_size(64 << 20)
+        RavelNodeExtClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }

@@ -5,7 +5,6 @@
 //! Snapshots are ravel-storage snapshot streams kept as files under the
 //! snapshot directory, named so that the newest sorts last.
 
-use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -31,7 +30,7 @@ pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub struct StateMachine {
     engine: Engine,
-    snapshots: SnapshotDir,
+    pub(crate) snapshots: SnapshotDir,
 }
 
 /// Builds snapshots for openraft; shares the database with the state machine.
@@ -60,7 +59,7 @@ pub(crate) fn invalid(msg: String) -> std::io::Error {
 impl StateMachine {
     /// Opens the state machine over `engine`, keeping snapshot files in
     /// `snapshot_dir` (created if needed; leftovers of interrupted snapshot
-    /// builds or transfers are removed).
+    /// builds or transfers are removed, an interrupted install is redone).
     pub fn open(
         engine: Engine,
         snapshot_dir: impl Into<PathBuf>,
@@ -74,13 +73,9 @@ impl StateMachine {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(Self {
-            engine,
-            snapshots: SnapshotDir {
-                dir,
-                chunk_bytes: chunk_bytes.max(1),
-            },
-        })
+        let snapshots = SnapshotDir::new(dir, chunk_bytes);
+        snapshots.redo_pending_install(&engine)?;
+        Ok(Self { engine, snapshots })
     }
 
     /// The database behind this state machine, for local reads.
@@ -162,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .open(&path)
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(SnapshotFile::new(file, path)))
+        Ok(Box::new(SnapshotFile::incoming(file, path)))
     }
 
     async fn install_snapshot(
@@ -172,24 +167,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), RaftStorageError> {
         crate::failpoints::hit("snapshot_install", self.engine.path()).map_err(snap_err)?;
         let (file, path) = snapshot.into_parts();
-        let mut file = file.into_std().await;
+        let file = file.into_std().await;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
         let expected = meta.clone();
         blocking(move || {
-            file.sync_all().map_err(snap_err)?;
-            file.seek(SeekFrom::Start(0)).map_err(snap_err)?;
-            // Imported as one synced batch: on error nothing has changed.
-            let (header, _) = engine
-                .import_snapshot(BufReader::new(&mut file))
-                .map_err(snap_err)?;
-            let got: SnapshotMeta = codec::decode(&header).map_err(snap_err)?;
-            if got.last_log_id != expected.last_log_id || got.snapshot_id != expected.snapshot_id {
-                return Err(snap_err(invalid(format!(
-                    "snapshot file holds {got:?}, openraft announced {expected:?}"
-                ))));
+            let res = file
+                .sync_all()
+                .and_then(|()| snapshots.install(&engine, &path, &expected));
+            if res.is_err() && path.exists() {
+                // Not kept: a received file that failed its checks.
+                let _ = std::fs::remove_file(&path);
             }
-            snapshots.keep(&path, &expected).map_err(snap_err)
+            res.map_err(snap_err)
         })
         .await
     }
@@ -206,15 +196,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         match found {
             None => Ok(None),
-            Some((meta, path)) => {
-                let file = tokio::fs::File::open(&path)
-                    .await
-                    .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(SnapshotFile::new(file, path)),
-                }))
-            }
+            Some((meta, path, file)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotFile::new(tokio::fs::File::from_std(file), path)),
+            })),
         }
     }
 }
@@ -224,8 +209,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         crate::failpoints::hit("snapshot_build", self.engine.path()).map_err(snap_err)?;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
-        let (meta, path) = blocking(move || snapshots.build(&engine).map_err(snap_err)).await?;
-        let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        let (meta, path, file) =
+            blocking(move || snapshots.build(&engine).map_err(snap_err)).await?;
+        let file = tokio::fs::File::from_std(file);
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "built snapshot");
         Ok(Snapshot {
             meta,

@@ -93,60 +93,96 @@ pub enum CommandResult {
 
 /// A snapshot on disk: the file plus its path, so a received snapshot can
 /// be kept (renamed) once installed. Reads, writes and seeks go to the file.
+/// An incoming snapshot ([`SnapshotFile::incoming`]) that is dropped before
+/// it was handed to the install (a failed or abandoned transfer) deletes its
+/// partial file at once.
 #[derive(Debug)]
 pub struct SnapshotFile {
-    file: tokio::fs::File,
+    /// `None` only after [`SnapshotFile::into_parts`].
+    file: Option<tokio::fs::File>,
     path: PathBuf,
+    remove_on_drop: bool,
 }
 
 impl SnapshotFile {
+    /// A complete snapshot file (kept when dropped).
     pub fn new(file: tokio::fs::File, path: PathBuf) -> Self {
-        Self { file, path }
+        Self {
+            file: Some(file),
+            path,
+            remove_on_drop: false,
+        }
+    }
+
+    /// A snapshot being received: removed if dropped before installed.
+    pub fn incoming(file: tokio::fs::File, path: PathBuf) -> Self {
+        Self {
+            file: Some(file),
+            path,
+            remove_on_drop: true,
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn into_parts(self) -> (tokio::fs::File, PathBuf) {
-        (self.file, self.path)
+    /// The file and its path; the caller now owns the file on disk.
+    pub fn into_parts(mut self) -> (tokio::fs::File, PathBuf) {
+        self.remove_on_drop = false;
+        let file = self.file.take().expect("file until into_parts");
+        (file, std::mem::take(&mut self.path))
+    }
+
+    fn file(self: Pin<&mut Self>) -> Pin<&mut tokio::fs::File> {
+        Pin::new(self.get_mut().file.as_mut().expect("file until into_parts"))
+    }
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "removing an abandoned snapshot transfer");
+            }
+        }
     }
 }
 
 impl AsyncRead for SnapshotFile {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_read(cx, buf)
+        self.file().poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for SnapshotFile {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.file).poll_write(cx, buf)
+        self.file().poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.file().poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.file().poll_shutdown(cx)
     }
 }
 
 impl AsyncSeek for SnapshotFile {
-    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
-        Pin::new(&mut self.file).start_seek(position)
+    fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        self.file().start_seek(position)
     }
 
-    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        Pin::new(&mut self.file).poll_complete(cx)
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        self.file().poll_complete(cx)
     }
 }

@@ -92,7 +92,10 @@ pub struct SnapshotSettings {
     pub keep_logs: u64,
     pub chunk_bytes: usize,
     pub chunk_timeout_ms: u64,
+    /// Deadline of a whole snapshot transfer (install included) is this
+    /// plus the snapshot's size at `min_transfer_bytes_per_sec`.
     pub transfer_timeout_ms: u64,
+    pub min_transfer_bytes_per_sec: u64,
 }
 
 impl Default for SnapshotSettings {
@@ -103,6 +106,7 @@ impl Default for SnapshotSettings {
             chunk_bytes: 1 << 20,
             chunk_timeout_ms: 10_000,
             transfer_timeout_ms: 600_000,
+            min_transfer_bytes_per_sec: 1 << 20,
         }
     }
 }
@@ -216,14 +220,17 @@ impl NodeConfig {
         if self.snapshot.logs_since_last == 0 {
             return invalid("snapshot.logs_since_last", "must be > 0");
         }
+        if self.snapshot.min_transfer_bytes_per_sec == 0 {
+            return invalid("snapshot.min_transfer_bytes_per_sec", "must be > 0");
+        }
         if self.snapshot.chunk_bytes == 0 || self.snapshot.chunk_bytes > 16 << 20 {
             return invalid("snapshot.chunk_bytes", "must be between 1 byte and 16 MiB");
         }
         let l = &self.limits;
-        if l.max_key_bytes == 0 {
-            return invalid("limits.max_key_bytes", "must be > 0");
+        if l.max_key_bytes == 0 || l.max_key_bytes > ravel_proto::limits::MAX_KEY_BYTES {
+            return invalid("limits.max_key_bytes", "must be between 1 byte and 64 KiB");
         }
-        if l.max_value_bytes == 0 || l.max_value_bytes > 32 << 20 {
+        if l.max_value_bytes == 0 || l.max_value_bytes > ravel_proto::limits::MAX_VALUE_BYTES {
             return invalid(
                 "limits.max_value_bytes",
                 "must be between 1 byte and 32 MiB",

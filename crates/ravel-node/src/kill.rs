@@ -48,8 +48,11 @@ pub enum KillError {
 pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(), KillError> {
     let pool = ChannelPool::default();
     let admin = AdminLink::new(identity.admin_addr.clone(), pool.clone());
-    let cluster_id = identity.cluster_id.clone().unwrap_or_default();
-    if identity.joined {
+    // `Leave` even when the identity does not say `joined`: a replica that
+    // crashed after the group added it, before it recorded the join, is a
+    // member all the same (a voter every quorum counts, or a learner).
+    // `Leave` of a non-member is a no-op.
+    if let Some(cluster_id) = identity.cluster_id.clone().filter(|c| !c.is_empty()) {
         let me = identity.node();
         let (admin, pool, me, cluster_id) = (&admin, &pool, &me, &cluster_id);
         retry(Attempts::until(deadline), || async move {

@@ -55,6 +55,30 @@ pub mod metadata {
 
 /// The status message with which existing nodes recognise a duplicate join
 /// (sent with code `UNKNOWN`), per the wire-protocol contract.
+/// Message sizes: the one place every gRPC size limit comes from.
+pub mod limits {
+    /// The largest value any configuration may allow (`max_value_bytes`).
+    pub const MAX_VALUE_BYTES: usize = 32 << 20;
+    /// The largest key any configuration may allow (`max_key_bytes`).
+    pub const MAX_KEY_BYTES: usize = 64 << 10;
+    /// Framing around one key and value in a request or answer.
+    pub const ENVELOPE_BYTES: usize = 64 << 10;
+    /// What a client (a forwarding node, the admin) accepts from a node:
+    /// the largest value any node may be configured for, plus a
+    /// `ListPartitions` page (bounded by [`LIST_PAGE_BYTES`] plus one entry).
+    pub const MAX_MESSAGE_BYTES: usize =
+        MAX_VALUE_BYTES + MAX_KEY_BYTES + LIST_PAGE_BYTES + ENVELOPE_BYTES;
+    /// A `ListPartitions` page stops growing once its keys and values
+    /// reach this size (it always holds at least one entry).
+    pub const LIST_PAGE_BYTES: usize = 4 << 20;
+
+    /// The largest request a node configured for `max_key` and `max_value`
+    /// decodes; larger ones are refused with RESOURCE_EXHAUSTED.
+    pub const fn max_request_bytes(max_key: usize, max_value: usize) -> usize {
+        max_key + max_value + ENVELOPE_BYTES
+    }
+}
+
 pub const NODE_ALREADY_EXISTS: &str = "node already exists";
 
 /// The hash partition of a key: the one function the admin's hash ring and

@@ -76,11 +76,7 @@ impl Engine {
         let path = path.as_ref();
         if !is_initialised(path) {
             ensure_empty_or_absent(path)?;
-            std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            return Self::create(path);
+            Self::create(path)?;
         }
         Self::open_existing(path)
     }
@@ -143,26 +139,53 @@ impl Engine {
         }
     }
 
-    fn create(path: &Path) -> Result<Self> {
-        let cfs = ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, db_options(true)));
-        let db = DB::open_cf_descriptors(&db_options(true), path, cfs)
-            .map_err(|e| StorageError::from_rocks(path, e))?;
-        let engine = Engine {
-            inner: Arc::new(Inner {
-                db,
-                path: path.to_path_buf(),
-            }),
+    /// Creates a database at `path` atomically: built and stamped with its
+    /// format version beside it (`<path>.creating`), then renamed into
+    /// place, so a crash part way leaves nothing at `path` that a restart
+    /// would refuse. The caller holds the data directory (the node's
+    /// directory lock), so a leftover `.creating` is ours to remove.
+    fn create(path: &Path) -> Result<()> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StorageError::Io { path: p, source }
         };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            engine.cf(CF_RAFT_META),
-            FORMAT_KEY,
-            FORMAT_VERSION.to_be_bytes(),
-        );
-        engine.write(batch, true)?;
-        Ok(engine)
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".creating");
+        let tmp = path.with_file_name(name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        {
+            let cfs = ALL_CFS
+                .iter()
+                .map(|name| ColumnFamilyDescriptor::new(*name, db_options(true)));
+            let db = DB::open_cf_descriptors(&db_options(true), &tmp, cfs)
+                .map_err(|e| StorageError::from_rocks(&tmp, e))?;
+            #[cfg(test)]
+            if tests::CRASH_AFTER_CREATE.with(|c| c.get()) {
+                return Err(StorageError::Io {
+                    path: tmp.clone(),
+                    source: std::io::Error::other("crash after creating the database (test)"),
+                });
+            }
+            let mut batch = WriteBatch::default();
+            let cf = db.cf_handle(CF_RAFT_META).expect("created above");
+            batch.put_cf(cf, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts)
+                .map_err(|e| StorageError::from_rocks(&tmp, e))?;
+            // Closed here: everything is in synced files before the rename.
+        }
+        // Renaming over an empty directory replaces it (rename(2)).
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io(parent))?;
+        }
+        Ok(())
     }
 
     /// How many handles share this database. The directory stays locked
@@ -266,6 +289,38 @@ fn ensure_empty_or_absent(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes `create` fail between creating the database and writing its
+        /// format version, as a crash there would.
+        pub(super) static CRASH_AFTER_CREATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A first start interrupted between creating the database and writing
+    /// its format version must not leave a directory refused forever as
+    /// "not Ravel": the next start creates it afresh.
+    #[test]
+    fn an_interrupted_first_start_does_not_brick_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        CRASH_AFTER_CREATE.with(|c| c.set(true));
+        let err = Engine::open(&path).unwrap_err();
+        CRASH_AFTER_CREATE.with(|c| c.set(false));
+        assert!(err.to_string().contains("crash after creating"), "{err}");
+        let e = Engine::open(&path).expect("the next start succeeds");
+        let mut b = e.apply_batch();
+        b.put(b"k", b"v");
+        b.commit().unwrap();
+        drop(e);
+        let e = Engine::open_existing(&path).unwrap();
+        assert_eq!(e.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        // Nothing is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("db")]);
+    }
 
     #[test]
     fn missing_directory_is_named() {

@@ -6,7 +6,7 @@
 //! | column family | keys | written by |
 //! |---|---|---|
 //! | `raft_log` | log index, big-endian `u64` | [`Engine::append_log`], [`Engine::truncate_log`], [`Engine::purge_log`] (all synced) |
-//! | `raft_meta` | names (`vote`, `committed`, `last_purged`, `format_version`, ...) | [`Engine::put_raft_meta`] (synced) |
+//! | `raft_meta` | names (`vote`, `committed`, `last_purged`, `format_version`, `import_pending`, ...) | [`Engine::put_raft_meta`] (synced) |
 //! | `data` | user keys | [`ApplyBatch`] |
 //! | `sm_meta` | names (`last_applied`, `membership`) | [`ApplyBatch`], in the same batch as the data |
 //!
@@ -16,15 +16,19 @@
 //! Durability rule: whatever Raft counts on (log entries, the vote, a log
 //! truncation, an installed snapshot) is synced before the call returns. The
 //! state machine's own writes are not synced, because the Raft log is the
-//! write-ahead log and re-application after a crash restores them.
+//! write-ahead log and re-application after a crash restores them. A
+//! snapshot import is written in bounded batches between two synced
+//! markers and redone after a crash (see `import.rs`).
 
 mod data;
 mod engine;
 mod error;
+mod import;
 mod log;
 mod snapshot;
 
 pub use data::ApplyBatch;
 pub use engine::{Engine, FORMAT_VERSION};
 pub use error::{Result, StorageError};
+pub use import::verify_snapshot_file;
 pub use snapshot::{read_snapshot_header, SnapshotStats};

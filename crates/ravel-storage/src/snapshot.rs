@@ -15,25 +15,23 @@
 //! belong together.)
 //!
 //! The header is opaque to this crate: the consensus layer stores the Raft
-//! snapshot metadata there. Import verifies every checksum while it fills one
-//! `WriteBatch`, and commits it (synced) only once the trailer checks out: a
-//! truncated or damaged stream changes nothing.
+//! snapshot metadata there. Importing a snapshot file is in `import.rs`.
 
 use std::io::{Read, Write};
 
-use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{IteratorMode, ReadOptions};
 
 use crate::engine::{Engine, CF_DATA, CF_SM_META, FORMAT_VERSION};
 use crate::error::{Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"RVLSNAP\0";
-const TAG_CHUNK: u8 = b'C';
-const TAG_END: u8 = b'E';
-const CF_TAG_DATA: u8 = 0;
-const CF_TAG_SM_META: u8 = 1;
+pub(crate) const TAG_CHUNK: u8 = b'C';
+pub(crate) const TAG_END: u8 = b'E';
+pub(crate) const CF_TAG_DATA: u8 = 0;
+pub(crate) const CF_TAG_SM_META: u8 = 1;
 /// Upper bound on one chunk or header, so a damaged length cannot make us
 /// allocate without limit.
-const MAX_FRAME: u32 = 256 << 20;
+pub(crate) const MAX_FRAME: u32 = 256 << 20;
 
 /// What an export or import moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,9 +39,13 @@ pub struct SnapshotStats {
     pub chunks: u64,
     pub entries: u64,
     pub bytes: u64,
+    /// Import only: how many write batches it took, and the largest one's
+    /// size (what the import held in memory at once).
+    pub batches: u64,
+    pub max_batch_bytes: u64,
 }
 
-fn bad(msg: impl Into<String>) -> StorageError {
+pub(crate) fn bad(msg: impl Into<String>) -> StorageError {
     StorageError::Snapshot(msg.into())
 }
 
@@ -167,87 +169,6 @@ impl Engine {
         Ok(stats)
     }
 
-    /// Replaces the whole state machine (data and metadata) with the
-    /// snapshot read from `input`, atomically and durably, and returns the
-    /// snapshot's header. On any error nothing has changed.
-    pub fn import_snapshot<R: Read>(&self, mut input: R) -> Result<(Vec<u8>, SnapshotStats)> {
-        let header = read_header(&mut input)?;
-        let mut batch = WriteBatch::default();
-        for cf in [CF_DATA, CF_SM_META] {
-            self.clear_cf(&mut batch, cf)?;
-        }
-        let mut stats = SnapshotStats::default();
-        loop {
-            match read_u8(&mut input)? {
-                TAG_CHUNK => {
-                    let len = read_u32(&mut input)?;
-                    let crc = read_u32(&mut input)?;
-                    if len > MAX_FRAME {
-                        return Err(bad(format!("chunk of {len} bytes exceeds the limit")));
-                    }
-                    let payload = read_exact(&mut input, len as usize)?;
-                    if crc32fast::hash(&payload) != crc {
-                        return Err(bad(format!("checksum mismatch in chunk {}", stats.chunks)));
-                    }
-                    stats.entries += self.decode_chunk(&payload, &mut batch)?;
-                    stats.chunks += 1;
-                    stats.bytes += u64::from(len);
-                }
-                TAG_END => {
-                    let trailer = read_exact(&mut input, 16)?;
-                    let crc = read_u32(&mut input)?;
-                    if crc32fast::hash(&trailer) != crc {
-                        return Err(bad("checksum mismatch in trailer"));
-                    }
-                    let chunks = u64::from_be_bytes(trailer[..8].try_into().expect("8 bytes"));
-                    let entries = u64::from_be_bytes(trailer[8..].try_into().expect("8 bytes"));
-                    if (chunks, entries) != (stats.chunks, stats.entries) {
-                        return Err(bad(format!(
-                            "trailer says {chunks} chunks / {entries} entries, stream had {} / {}",
-                            stats.chunks, stats.entries
-                        )));
-                    }
-                    self.write(batch, true)?;
-                    return Ok((header, stats));
-                }
-                other => return Err(bad(format!("unknown frame tag {other:#x}"))),
-            }
-        }
-    }
-
-    /// Adds to `batch` the deletion of every key of `cf`. A range delete up
-    /// to just past the current last key covers all of them, whatever bytes
-    /// the keys hold.
-    fn clear_cf(&self, batch: &mut WriteBatch, cf: &str) -> Result<()> {
-        let mut iter = self.db().iterator_cf(self.cf(cf), IteratorMode::End);
-        if let Some(item) = iter.next() {
-            let (last, _) = item.map_err(|e| self.rocks_err(e))?;
-            let mut end = last.into_vec();
-            end.push(0);
-            batch.delete_range_cf(self.cf(cf), &[][..], &end[..]);
-        }
-        Ok(())
-    }
-
-    fn decode_chunk(&self, mut p: &[u8], batch: &mut WriteBatch) -> Result<u64> {
-        let mut n = 0;
-        while !p.is_empty() {
-            let cf = take(&mut p, 1)?[0];
-            let klen = u32::from_be_bytes(take(&mut p, 4)?.try_into().expect("4 bytes"));
-            let k = take(&mut p, klen as usize)?;
-            let vlen = u32::from_be_bytes(take(&mut p, 4)?.try_into().expect("4 bytes"));
-            let v = take(&mut p, vlen as usize)?;
-            let cf = match cf {
-                CF_TAG_DATA => CF_DATA,
-                CF_TAG_SM_META => CF_SM_META,
-                other => return Err(bad(format!("unknown column family tag {other}"))),
-            };
-            batch.put_cf(self.cf(cf), k, v);
-            n += 1;
-        }
-        Ok(n)
-    }
-
     fn corrupt(&self, detail: &str) -> StorageError {
         StorageError::Corrupt {
             path: self.path().to_path_buf(),
@@ -261,7 +182,7 @@ pub fn read_snapshot_header<R: Read>(mut input: R) -> Result<Vec<u8>> {
     read_header(&mut input)
 }
 
-fn read_header<R: Read>(input: &mut R) -> Result<Vec<u8>> {
+pub(crate) fn read_header<R: Read>(input: &mut R) -> Result<Vec<u8>> {
     let magic = read_exact(input, MAGIC.len())?;
     if magic != MAGIC {
         return Err(bad("not a Ravel snapshot (bad magic)"));
@@ -287,7 +208,7 @@ fn read_header<R: Read>(input: &mut R) -> Result<Vec<u8>> {
     Ok(header)
 }
 
-fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+pub(crate) fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     if p.len() < n {
         return Err(bad("chunk payload ends inside an entry"));
     }
@@ -296,7 +217,7 @@ fn take<'a>(p: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     Ok(head)
 }
 
-fn read_exact<R: Read>(input: &mut R, n: usize) -> Result<Vec<u8>> {
+pub(crate) fn read_exact<R: Read>(input: &mut R, n: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0; n];
     input.read_exact(&mut buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => bad("stream ends early (truncated snapshot)"),
@@ -305,128 +226,12 @@ fn read_exact<R: Read>(input: &mut R, n: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn read_u8<R: Read>(input: &mut R) -> Result<u8> {
+pub(crate) fn read_u8<R: Read>(input: &mut R) -> Result<u8> {
     Ok(read_exact(input, 1)?[0])
 }
 
-fn read_u32<R: Read>(input: &mut R) -> Result<u32> {
+pub(crate) fn read_u32<R: Read>(input: &mut R) -> Result<u32> {
     Ok(u32::from_be_bytes(
         read_exact(input, 4)?.try_into().expect("4 bytes"),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn engine(dir: &tempfile::TempDir, name: &str) -> Engine {
-        Engine::open(dir.path().join(name)).unwrap()
-    }
-
-    fn fill(e: &Engine, n: u32, applied: &[u8]) {
-        let mut b = e.apply_batch();
-        for i in 0..n {
-            b.put(format!("key{i:05}").as_bytes(), &[i as u8; 100]);
-        }
-        b.put_meta("last_applied", applied);
-        b.commit().unwrap();
-    }
-
-    #[test]
-    fn export_import_roundtrip_replaces_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = engine(&dir, "src");
-        fill(&src, 1000, b"42");
-        let mut stream = Vec::new();
-        let stats = src
-            .export_snapshot(&mut stream, 4096, |meta| {
-                // The header sees the metadata of the same point in time.
-                assert_eq!(meta, &[("last_applied".to_string(), b"42".to_vec())]);
-                b"hdr".to_vec()
-            })
-            .unwrap();
-        assert!(stats.chunks > 10, "{stats:?}");
-        assert_eq!(stats.entries, 1001);
-        assert_eq!(read_snapshot_header(&stream[..]).unwrap(), b"hdr");
-
-        let dst = engine(&dir, "dst");
-        let mut b = dst.apply_batch();
-        b.put(b"stale", b"x");
-        b.put(&[0xFF; 40], b"high key");
-        b.put_meta("last_applied", b"1");
-        b.put_meta("other", b"gone");
-        b.commit().unwrap();
-
-        let (hdr, istats) = dst.import_snapshot(&stream[..]).unwrap();
-        assert_eq!(hdr, b"hdr");
-        assert_eq!(
-            (istats.chunks, istats.entries),
-            (stats.chunks, stats.entries)
-        );
-        assert_eq!(dst.get(b"stale").unwrap(), None);
-        assert_eq!(dst.get(&[0xFF; 40]).unwrap(), None);
-        assert_eq!(dst.sm_meta("other").unwrap(), None);
-        assert_eq!(
-            dst.sm_meta("last_applied").unwrap().as_deref(),
-            Some(&b"42"[..])
-        );
-        assert_eq!(
-            dst.scan(b"", usize::MAX).unwrap(),
-            src.scan(b"", usize::MAX).unwrap()
-        );
-    }
-
-    #[test]
-    fn damaged_or_truncated_stream_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = engine(&dir, "src");
-        fill(&src, 200, b"9");
-        let mut stream = Vec::new();
-        src.export_snapshot(&mut stream, 512, |_| b"h".to_vec())
-            .unwrap();
-
-        let dst = engine(&dir, "dst");
-        fill(&dst, 3, b"1");
-        let before = dst.scan(b"", usize::MAX).unwrap();
-
-        // Truncated anywhere after the header, including just before the trailer.
-        for cut in [30, stream.len() / 2, stream.len() - 1] {
-            let err = dst.import_snapshot(&stream[..cut]).unwrap_err();
-            assert!(matches!(err, StorageError::Snapshot(_)), "{err}");
-        }
-        // One flipped bit in the middle of a chunk.
-        let mut flipped = stream.clone();
-        let mid = flipped.len() / 2;
-        flipped[mid] ^= 0x10;
-        let err = dst.import_snapshot(&flipped[..]).unwrap_err();
-        assert!(
-            err.to_string().contains("checksum") || err.to_string().contains("tag"),
-            "{err}"
-        );
-
-        assert_eq!(dst.scan(b"", usize::MAX).unwrap(), before);
-        assert_eq!(
-            dst.sm_meta("last_applied").unwrap().as_deref(),
-            Some(&b"1"[..])
-        );
-    }
-
-    #[test]
-    fn empty_state_machine_roundtrips() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = engine(&dir, "src");
-        let mut stream = Vec::new();
-        let stats = src
-            .export_snapshot(&mut stream, 1024, |m| {
-                assert!(m.is_empty());
-                Vec::new()
-            })
-            .unwrap();
-        assert_eq!(stats.entries, 0);
-        let dst = engine(&dir, "dst");
-        fill(&dst, 5, b"3");
-        dst.import_snapshot(&stream[..]).unwrap();
-        assert!(dst.scan(b"", 10).unwrap().is_empty());
-        assert_eq!(dst.sm_meta("last_applied").unwrap(), None);
-    }
 }

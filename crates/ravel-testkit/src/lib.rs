@@ -132,6 +132,9 @@ impl TestSystem {
             admin_addr.clone(),
             "127.0.0.1:0".into(),
         );
+        // The admin accepts what the nodes accept.
+        admin_config.max_key_bytes = settings.limits.max_key_bytes;
+        admin_config.max_value_bytes = settings.limits.max_value_bytes;
         let admin = Admin::start(&admin_config, Some(listener))
             .await
             .expect("start admin");
@@ -351,6 +354,8 @@ impl TestSystem {
             .expect("uri")
             .connect_timeout(Duration::from_secs(1));
         RavelNodeClient::new(ep.connect_lazy())
+            .max_decoding_message_size(ravel_proto::limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(ravel_proto::limits::MAX_MESSAGE_BYTES)
     }
 
     /// `Run` on node `i` with a deadline.

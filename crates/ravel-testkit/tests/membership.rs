@@ -128,3 +128,44 @@ async fn kill_removes_data_and_registration() {
     assert!(!v.contains(&sys.nodes[victim].id));
     sys.shutdown().await;
 }
+
+/// A replica that crashed after the group added it but before it recorded
+/// `joined` in its identity: `kill` must still take it out of the Raft
+/// group (the leader's `Leave` is idempotent), not leave a dead voter
+/// behind that every later quorum has to count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_of_a_replica_that_never_recorded_its_join_removes_it_from_raft() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let victim = sys.other_member(&cluster, leader);
+    let victim_id = sys.nodes[victim].id;
+    let dir = sys.nodes[victim].config.data_dir.clone();
+    sys.crash(victim).await;
+    // As if it crashed before writing `joined: true`.
+    let path = dir.join("identity.json");
+    let mut ident: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    ident["joined"] = serde_json::Value::Bool(false);
+    std::fs::write(&path, serde_json::to_vec(&ident).unwrap()).unwrap();
+    assert!(voters(&sys, leader).contains(&victim_id));
+
+    ravel_node::kill::kill(&dir, Duration::from_secs(20))
+        .await
+        .expect("kill");
+    let members: BTreeSet<u64> = sys.nodes[leader]
+        .node()
+        .raft()
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        !members.contains(&victim_id),
+        "the killed replica is still in the group: {members:?}"
+    );
+    sys.shutdown().await;
+}

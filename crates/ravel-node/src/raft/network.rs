@@ -38,8 +38,10 @@ pub struct SnapshotTransfer {
     pub chunk_bytes: usize,
     /// Longest wait for one chunk to be accepted.
     pub chunk_timeout: Duration,
-    /// Longest time for a whole snapshot, including its install.
-    pub total_timeout: Duration,
+    /// Time allowed for any snapshot, including its install...
+    pub base_timeout: Duration,
+    /// ...plus its size at this rate.
+    pub min_bytes_per_sec: u64,
 }
 
 impl SnapshotTransfer {
@@ -47,8 +49,16 @@ impl SnapshotTransfer {
         Self {
             chunk_bytes: s.chunk_bytes,
             chunk_timeout: Duration::from_millis(s.chunk_timeout_ms),
-            total_timeout: Duration::from_millis(s.transfer_timeout_ms),
+            base_timeout: Duration::from_millis(s.transfer_timeout_ms),
+            min_bytes_per_sec: s.min_transfer_bytes_per_sec.max(1),
         }
+    }
+
+    /// Deadline of a whole transfer of `bytes`: a large snapshot is not cut
+    /// off by a deadline sized for a small one (stalls are caught by the
+    /// per-chunk deadline).
+    pub fn deadline(&self, bytes: u64) -> Duration {
+        self.base_timeout + Duration::from_secs_f64(bytes as f64 / self.min_bytes_per_sec as f64)
     }
 }
 
@@ -261,7 +271,11 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let total = self.snapshot.total_timeout;
+        let bytes = tokio::fs::metadata(snapshot.snapshot.path())
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let total = self.snapshot.deadline(bytes);
         let transfer = self.stream_snapshot(vote, snapshot);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -383,5 +397,22 @@ impl RaftPeer {
         let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
             decode(&self.addr, &reply).map_err(fail)?;
         res.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_deadline_grows_with_the_snapshot() {
+        let t = SnapshotTransfer::from_settings(&SnapshotSettings {
+            transfer_timeout_ms: 60_000,
+            min_transfer_bytes_per_sec: 1 << 20,
+            ..SnapshotSettings::default()
+        });
+        assert_eq!(t.deadline(0), Duration::from_secs(60));
+        // 10 GiB at 1 MiB/s: ten thousand seconds more, not one minute.
+        assert_eq!(t.deadline(10 << 30), Duration::from_secs(60 + 10_240));
     }
 }

@@ -136,7 +136,10 @@ async fn list_partitions(
     let mut scanned = 0usize;
     let mut last_key = req.after_key.clone();
     let mut done = false;
-    while entries.len() < limit && scanned < scan_budget {
+    // And at most about this many bytes, whatever `limit` asks for.
+    let mut bytes = 0usize;
+    let byte_budget = ravel_proto::limits::LIST_PAGE_BYTES;
+    while entries.len() < limit && scanned < scan_budget && bytes < byte_budget {
         let page = s
             .engine
             .scan(&start, SCAN_STEP)
@@ -152,11 +155,12 @@ async fn list_partitions(
             scanned += 1;
             last_key = k.clone();
             if wanted.contains(&ravel_proto::partition_of(k, req.partition_count)) {
+                bytes += k.len() + v.len();
                 entries.push(KeyValue {
                     key: k.clone(),
                     value: v.clone(),
                 });
-                if entries.len() >= limit {
+                if entries.len() >= limit || bytes >= byte_budget {
                     break;
                 }
             }

@@ -145,9 +145,11 @@ impl NodeState {
     }
 
     fn client(&self, addr: &str) -> Result<RavelNodeClient<Channel>, Status> {
-        Ok(RavelNodeClient::new(
-            self.pool.channel(addr).map_err(transport_status)?,
-        ))
+        Ok(
+            RavelNodeClient::new(self.pool.channel(addr).map_err(transport_status)?)
+                .max_decoding_message_size(ravel_proto::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(ravel_proto::limits::MAX_MESSAGE_BYTES),
+        )
     }
 
     /// Resolves once Raft names a usable leader other than `leader`.

@@ -167,25 +167,28 @@ impl RavelNode for NodeService {
     }
 }
 
-/// Limits of the gRPC server.
+/// Limits of the gRPC server. There is no server-wide deadline: every
+/// handler bounds itself (requests by `limits.request_timeout_ms` or the
+/// caller's shorter `grpc-timeout`, membership by `raft.join_timeout_ms`,
+/// snapshot streams per chunk and, on the sender, by a deadline that grows
+/// with the snapshot's size), so one cap cannot cut a large snapshot short.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    /// Every request ends by then even if the caller set no deadline
-    /// (snapshot streams have their own per-chunk deadlines).
-    pub timeout: Duration,
     /// Requests served at once per connection.
     pub max_in_flight: usize,
+    /// Largest `RavelNode`/`RavelNodeExt` request decoded; larger ones get
+    /// RESOURCE_EXHAUSTED (the admin answers 413).
+    pub max_request_bytes: usize,
 }
 
 impl ServerLimits {
     pub fn from_config(cfg: &NodeConfig) -> Self {
         Self {
-            timeout: Duration::from_millis(
-                cfg.snapshot
-                    .transfer_timeout_ms
-                    .max(cfg.limits.request_timeout_ms),
-            ),
             max_in_flight: cfg.limits.max_in_flight_requests,
+            max_request_bytes: ravel_proto::limits::max_request_bytes(
+                cfg.limits.max_key_bytes,
+                cfg.limits.max_value_bytes,
+            ),
         }
     }
 }
@@ -200,13 +203,22 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let service = NodeService { state };
+    // Answers may carry the largest value a peer may be configured for.
+    let max_answer = ravel_proto::limits::MAX_MESSAGE_BYTES;
     let router = tonic::transport::Server::builder()
-        .timeout(limits.timeout)
         .concurrency_limit_per_connection(limits.max_in_flight)
         .tcp_nodelay(true)
         .add_service(raft_service.into_server())
-        .add_service(RavelNodeServer::new(service.clone()))
-        .add_service(RavelNodeExtServer::new(service));
+        .add_service(
+            RavelNodeServer::new(service.clone())
+                .max_decoding_message_size(limits.max_request_bytes)
+                .max_encoding_message_size(max_answer),
+        )
+        .add_service(
+            RavelNodeExtServer::new(service)
+                .max_decoding_message_size(limits.max_request_bytes)
+                .max_encoding_message_size(max_answer),
+        );
     // tonic's own nodelay setting does not reach connections accepted from
     // an incoming stream: without it every answer waits on a delayed ACK.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
