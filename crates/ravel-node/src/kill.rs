@@ -33,6 +33,10 @@ pub enum KillError {
     Leader(#[source] AdminLinkError),
     #[error("LeaveCluster on the admin: {0}")]
     LeaveCluster(#[source] AdminLinkError),
+    #[error(
+        "leaving the cluster did not finish within {0:?} (the kill timeout); nothing was deleted"
+    )]
+    Timeout(Duration),
     #[error("node process {pid} did not stop within {waited:?}; its data was kept")]
     StillRunning { pid: i32, waited: Duration },
     #[error("deleting {path}: {source}")]
@@ -90,7 +94,10 @@ pub async fn kill(dir: &Path, timeout: Duration) -> Result<(), KillError> {
         Identity::load(dir)?.ok_or_else(|| KillError::NoIdentity(dir.display().to_string()))?;
     let started = Instant::now();
     let deadline = started + timeout;
-    leave_cluster(&identity, deadline).await?;
+    // The whole of it within the timeout, whatever one call's own timeout.
+    tokio::time::timeout_at(deadline, leave_cluster(&identity, deadline))
+        .await
+        .map_err(|_| KillError::Timeout(timeout))??;
     if let Some(pid) = identity::running_pid(dir)? {
         stop_process(dir, pid, deadline, started).await?;
     }

@@ -169,3 +169,95 @@ async fn kill_of_a_replica_that_never_recorded_its_join_removes_it_from_raft() {
     );
     sys.shutdown().await;
 }
+
+/// A membership change whose proposer stops between its joint and its
+/// final step (here: the change is dropped as soon as the joint
+/// configuration appears, as a cancelled RPC or a crashed leader would)
+/// must not leave the group in joint configuration, where every commit
+/// needs a majority of both halves: the leader finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_abandoned_in_joint_configuration_is_finished() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let victim = sys.other_member(&cluster, leader);
+    let victim_id = sys.nodes[victim].id;
+    let raft = sys.nodes[leader].node().raft().clone();
+    let is_joint = |m: &ravel_consensus::types::RaftMetrics| {
+        m.membership_config.membership().get_joint_config().len() > 1
+    };
+    {
+        let mut metrics = raft.metrics();
+        let change = raft.change_membership(
+            openraft::ChangeMembers::RemoveVoters(BTreeSet::from([victim_id])),
+            false,
+        );
+        tokio::pin!(change);
+        loop {
+            tokio::select! {
+                biased;
+                _ = metrics.changed() => {
+                    if is_joint(&metrics.borrow()) {
+                        break; // drop the change between its two steps
+                    }
+                }
+                r = &mut change => panic!("the change finished before it could be abandoned: {r:?}"),
+            }
+        }
+    }
+    let done = ravel_testkit::wait_for(
+        Duration::from_secs(10),
+        "the joint configuration to be finished",
+        || {
+            let m = raft.metrics().borrow().clone();
+            async move { (!is_joint(&m)).then_some(m) }
+        },
+    )
+    .await;
+    let voters: BTreeSet<u64> = done.membership_config.membership().voter_ids().collect();
+    assert_eq!(voters.len(), 2, "{voters:?}");
+    assert!(!voters.contains(&victim_id));
+    // The cluster still commits.
+    sys.run(leader, "set", b"after", b"joint")
+        .await
+        .expect("write after the change");
+    sys.shutdown().await;
+}
+
+/// `kill --timeout` is a bound on the whole command: with an admin that
+/// accepts connections but never answers, kill gives up at its timeout
+/// (not after a call's own longer timeout) and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_gives_up_at_its_timeout_and_keeps_the_data() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let victim = sys.other_member(&cluster, leader);
+    let dir = sys.nodes[victim].config.data_dir.clone();
+    sys.crash(victim).await;
+    // A listener nobody accepts from: connections hang in its backlog.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = dir.join("identity.json");
+    let mut ident: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    ident["admin_addr"] = serde_json::Value::String(silent.local_addr().unwrap().to_string());
+    std::fs::write(&path, serde_json::to_vec(&ident).unwrap()).unwrap();
+
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        Duration::from_secs(30),
+        ravel_node::kill::kill(&dir, Duration::from_secs(1)),
+    )
+    .await
+    .expect("kill returns");
+    let took = started.elapsed();
+    println!("kill with a silent admin: {res:?} after {took:?}");
+    assert!(
+        matches!(res, Err(ravel_node::kill::KillError::Timeout(_))),
+        "{res:?}"
+    );
+    // Its own deadline, not the 5 s of one admin call (slack for a loaded machine).
+    assert!(took < Duration::from_secs(4), "kill took {took:?}");
+    assert!(dir.join("identity.json").exists(), "kill deleted data");
+    sys.shutdown().await;
+}

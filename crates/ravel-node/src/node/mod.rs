@@ -97,7 +97,8 @@ pub struct Node {
     /// Cancelled on shutdown: stops the gRPC server, the leader notifier
     /// and background calls to the admin.
     shutdown: CancellationToken,
-    /// The gRPC server and the notifier; awaited on shutdown.
+    /// The gRPC server, the notifier and the joint-configuration finisher;
+    /// awaited on shutdown.
     tasks: Vec<JoinHandle<()>>,
     /// Names this process in `ravel-node.pid` while the node runs.
     _pid_lock: DirLock,
@@ -195,6 +196,11 @@ impl Node {
                 state,
                 RaftService::new(raft.clone(), transfer.chunk_timeout),
                 service::ServerLimits::from_config(&cfg),
+                shutdown.clone(),
+            )),
+            tokio::spawn(service::finish_joint_changes(
+                raft.clone(),
+                id,
                 shutdown.clone(),
             )),
             tokio::spawn(notifier::run(

@@ -7,12 +7,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::{BasicNode, ChangeMembers};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use ravel_consensus::types::NodeId;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::{Node, Void};
 use ravel_proto::NODE_ALREADY_EXISTS;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -106,19 +107,80 @@ where
     }
 }
 
-/// Runs a membership change, waiting out a change already in progress.
+/// Runs a membership change, waiting out a change already in progress, on
+/// a task of its own: a caller that gives up (its deadline, a cancelled
+/// RPC) cannot stop it between its joint and its final step, which would
+/// leave the group in joint configuration. The caller waits until
+/// `deadline`; [`finish_joint_changes`] completes whatever a crashed leader
+/// left half done.
 async fn change_membership(
     s: &NodeState,
     change: ChangeMembers<NodeId, BasicNode>,
     deadline: Instant,
 ) -> Result<(), Status> {
-    loop {
-        match s.raft.change_membership(change.clone(), false).await {
-            Ok(_) => return Ok(()),
-            Err(e) if membership_in_progress(&e) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let raft = s.raft.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match raft.change_membership(change.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(e) if membership_in_progress(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(membership_status(e)),
             }
-            Err(e) => return Err(membership_status(e)),
+        }
+    });
+    match tokio::time::timeout_at(deadline, task).await {
+        Err(_) => Err(Status::deadline_exceeded(
+            "the membership change did not commit in time; it goes on, call again to see it done",
+        )),
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Status::internal(format!("membership change task: {e}"))),
+    }
+}
+
+/// On the leader, finishes a membership change left in joint configuration
+/// (its proposer crashed or lost leadership between the two steps): once
+/// the joint configuration is committed, replaces it with its final half.
+/// Runs until `shutdown`.
+pub async fn finish_joint_changes(
+    raft: ravel_consensus::Raft,
+    id: NodeId,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let target = {
+            let m = metrics.borrow_and_update();
+            let joint = m.membership_config.membership().get_joint_config();
+            let committed = m.membership_config.log_id().is_some()
+                && m.membership_config.log_id().map(|l| l.index) <= m.last_applied.map(|l| l.index);
+            (m.state == ServerState::Leader
+                && m.current_leader == Some(id)
+                && joint.len() > 1
+                && committed)
+                .then(|| joint.last().cloned().unwrap_or_default())
+        };
+        if let Some(voters) = target {
+            tracing::warn!(
+                ?voters,
+                "finishing a membership change left in joint configuration"
+            );
+            let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
+            match tokio::time::timeout(Duration::from_secs(10), change).await {
+                Ok(Ok(_)) => tracing::info!("joint configuration finished"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "finishing the joint configuration"),
+                Err(_) => tracing::warn!("finishing the joint configuration timed out"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -18,6 +18,8 @@
 mod ext;
 mod leadership;
 mod membership;
+
+pub use membership::finish_joint_changes;
 mod run;
 mod status;
 
