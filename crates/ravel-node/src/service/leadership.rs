@@ -244,3 +244,52 @@ pub(super) fn broken_call_status(s: Status, addr: &str) -> Status {
 pub(super) fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(metadata::FORWARDED)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{BasicNode, Membership, StoredMembership};
+
+    use super::*;
+
+    fn metrics(me: NodeId, leader: Option<NodeId>, state: ServerState) -> RaftMetrics {
+        let mut m = RaftMetrics::new_initial(me);
+        m.current_leader = leader;
+        m.state = state;
+        let nodes: BTreeMap<NodeId, BasicNode> = [1, 2, 3]
+            .into_iter()
+            .map(|id| (id, BasicNode::new(format!("10.0.0.{id}:7000"))))
+            .collect();
+        let membership = Membership::new(vec![nodes.keys().copied().collect()], nodes);
+        m.membership_config = std::sync::Arc::new(StoredMembership::new(None, membership));
+        m
+    }
+
+    /// A node that Raft names as leader but that has not finished becoming
+    /// leader neither serves nor names itself to clients ("the leader is
+    /// <my own address>" sent them in a loop): it is `Unknown` until it
+    /// leads, so requests wait for it instead.
+    #[test]
+    fn a_node_becoming_leader_never_names_itself() {
+        for state in [ServerState::Candidate, ServerState::Follower, ServerState::Learner] {
+            assert!(matches!(
+                leadership_of(&metrics(1, Some(1), state), 1),
+                Leadership::Unknown
+            ));
+        }
+        assert!(matches!(
+            leadership_of(&metrics(1, Some(1), ServerState::Leader), 1),
+            Leadership::Local
+        ));
+        assert!(matches!(
+            leadership_of(&metrics(1, Some(2), ServerState::Follower), 1),
+            Leadership::Remote { id: 2, .. }
+        ));
+        // A leader that is no longer a member is not forwarded to.
+        assert!(matches!(
+            leadership_of(&metrics(1, Some(9), ServerState::Follower), 1),
+            Leadership::Unknown
+        ));
+    }
+}
