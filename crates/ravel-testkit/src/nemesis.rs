@@ -6,13 +6,19 @@
 //! leader or of a follower, a one-way cut (the leader's packets to the
 //! followers, or theirs to it), packet loss on every link, membership
 //! changes under load (add a replica, remove a follower, remove the
-//! leader) and snapshot catch-up (a follower killed while the leader
-//! writes enough to snapshot and purge its log, then restarted). Network
+//! leader), snapshot catch-up (a follower killed while the leader
+//! writes enough to snapshot and purge its log, then restarted) and delay:
+//! a "slow" leader or follower, stopped and continued in a random rhythm
+//! of 10-60 ms each (SIGSTOP/SIGCONT), so everything it sends or answers
+//! is late by up to 60 ms without the node being down (the kernel here has
+//! no `netem` to delay packets). Network
 //! faults use iptables between the processes' loopback IPs
 //! ([`crate::netfault`]); where that is unavailable they are skipped with
 //! the reason printed.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -37,6 +43,8 @@ pub enum Fault {
     RemoveFollower,
     RemoveLeader,
     SnapshotCatchUp,
+    SlowLeader,
+    SlowFollower,
 }
 
 impl fmt::Display for Fault {
@@ -55,6 +63,8 @@ impl fmt::Display for Fault {
             Fault::RemoveFollower => "remove-follower",
             Fault::RemoveLeader => "remove-leader",
             Fault::SnapshotCatchUp => "snapshot-catch-up",
+            Fault::SlowLeader => "slow-leader",
+            Fault::SlowFollower => "slow-follower",
         };
         f.write_str(s)
     }
@@ -68,12 +78,14 @@ const NETWORK: [Fault; 5] = [
     Fault::Lossy,
 ];
 
-const PROCESS: [Fault; 5] = [
+const PROCESS: [Fault; 7] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::PauseLeader,
     Fault::PauseFollower,
     Fault::SnapshotCatchUp,
+    Fault::SlowLeader,
+    Fault::SlowFollower,
 ];
 
 /// One planned fault: what, and how long it lasts before it is healed.
@@ -131,10 +143,51 @@ pub struct Applied {
     pub nodes: Vec<usize>,
 }
 
+/// A process being stopped and continued in a random rhythm.
+struct Stutter {
+    pid: i32,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Stutter {
+    fn start(pid: i32, seed: u64) -> Stutter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(seed);
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: signals to the test's own child process.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                std::thread::sleep(Duration::from_millis(rng.random_range(10..60)));
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+                std::thread::sleep(Duration::from_millis(rng.random_range(10..60)));
+            }
+        });
+        Stutter { pid, stop, thread }
+    }
+
+    fn end(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        // SAFETY: as above; the process runs on.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+}
+
+impl Drop for Nemesis {
+    fn drop(&mut self) {
+        if let Some(s) = self.stutter.take() {
+            s.end();
+        }
+    }
+}
+
 /// Applies faults to a process system.
 pub struct Nemesis {
     net: Result<NetFaults, String>,
     rng: StdRng,
+    stutter: Option<Stutter>,
 }
 
 impl Nemesis {
@@ -142,6 +195,7 @@ impl Nemesis {
         Self {
             net: NetFaults::new(),
             rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
+            stutter: None,
         }
     }
 
@@ -257,6 +311,18 @@ impl Nemesis {
                 sys.kill_node(f);
                 Ok(vec![f])
             }
+            Fault::SlowLeader | Fault::SlowFollower => {
+                let victim = if fault == Fault::SlowLeader {
+                    leader
+                } else {
+                    self.pick(&followers)
+                };
+                let pid = sys.nodes[victim]
+                    .pid()
+                    .ok_or_else(|| format!("node {victim} has no process"))?;
+                self.stutter = Some(Stutter::start(pid, self.rng.random()));
+                Ok(vec![victim])
+            }
         }
     }
 
@@ -283,6 +349,11 @@ impl Nemesis {
                     if let Err(e) = net.heal() {
                         panic!("cannot remove iptables rules: {e}");
                     }
+                }
+            }
+            Fault::SlowLeader | Fault::SlowFollower => {
+                if let Some(s) = self.stutter.take() {
+                    s.end();
                 }
             }
             Fault::AddReplica | Fault::RemoveFollower | Fault::RemoveLeader => {}

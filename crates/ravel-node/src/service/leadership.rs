@@ -272,7 +272,11 @@ mod tests {
     /// leads, so requests wait for it instead.
     #[test]
     fn a_node_becoming_leader_never_names_itself() {
-        for state in [ServerState::Candidate, ServerState::Follower, ServerState::Learner] {
+        for state in [
+            ServerState::Candidate,
+            ServerState::Follower,
+            ServerState::Learner,
+        ] {
             assert!(matches!(
                 leadership_of(&metrics(1, Some(1), state), 1),
                 Leadership::Unknown
