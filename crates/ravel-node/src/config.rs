@@ -115,6 +115,8 @@ impl Default for SnapshotSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_key_bytes: usize,
+    /// At most 32 MiB. One value is one Raft entry, which must reach a
+    /// majority within the election timeout (see `deploy/node.toml`).
     pub max_value_bytes: usize,
     /// Requests served at once by this node's gRPC server.
     pub max_in_flight_requests: usize,

@@ -155,3 +155,43 @@ async fn follower_behind_large_batches_catches_up() {
     println!("caught up on 80 MiB of large batches in {:?}", t.elapsed());
     sys.shutdown().await;
 }
+
+/// One entry too large to replicate within a heartbeat interval (openraft
+/// 0.9 drops every AppendEntries after one interval and sends it again):
+/// the retries wait for the call already under way instead of starting
+/// over, so the entry commits and reaches every follower. Before, a 6 MiB
+/// value was sent, cancelled and resent forever, and the leader answered
+/// "lost contact with a majority".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_slower_than_a_heartbeat_still_replicates() {
+    let mut settings = TestSettings::default();
+    settings.limits.max_value_bytes = 8 << 20;
+    let sys = TestSystem::start_with(1, 3, settings).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    for k in 0..3u8 {
+        let value = vec![b'a' + k; 6 << 20];
+        let key = format!("huge{k}");
+        sys.run(leader, "set", key.as_bytes(), &value)
+            .await
+            .unwrap_or_else(|e| panic!("set {key}: {e}"));
+    }
+    for i in sys.members(&cluster) {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("node {i} to hold every large value"),
+            || {
+                let n = sys.nodes[i].node();
+                let all = (0..3u8).all(|k| {
+                    n.local_get(format!("huge{k}").as_bytes())
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.len() == 6 << 20 && v[0] == b'a' + k)
+                });
+                async move { all.then_some(()) }
+            },
+        )
+        .await;
+    }
+    sys.shutdown().await;
+}

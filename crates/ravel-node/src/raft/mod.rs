@@ -4,6 +4,7 @@
 //! openraft's requests travel as `ravel_consensus::codec` bytes inside a
 //! protobuf envelope; snapshots stream in checksummed chunks.
 
+mod append;
 mod network;
 mod service;
 

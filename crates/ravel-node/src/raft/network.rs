@@ -27,6 +27,7 @@ use ravel_proto::raft::{RaftMessage, SnapshotChunk};
 use ravel_transport::{ChannelPool, Faults, TransportError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::append::{self, InFlight, Key};
 use crate::config::SnapshotSettings;
 
 use super::MAX_RAFT_MESSAGE_BYTES;
@@ -94,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
             pool: self.pool.clone(),
             faults: self.faults.clone(),
             snapshot: self.snapshot.clone(),
+            append: None,
         }
     }
 }
@@ -107,9 +109,12 @@ pub struct RaftPeer {
     pool: ChannelPool,
     faults: Faults,
     snapshot: SnapshotTransfer,
+    /// A large append still under way after openraft gave up waiting.
+    append: Option<InFlight<CallError>>,
 }
 
 /// A failure to exchange a message, before openraft's error types.
+#[derive(Debug)]
 enum CallError {
     Timeout(Duration),
     Unreachable(TransportError),
@@ -167,11 +172,27 @@ impl RaftPeer {
         F: FnOnce(RaftClient<tonic::transport::Channel>, RaftMessage) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
+        let msg = encode(req).map_err(CallError::Network)?;
+        self.send(msg, ttl, call).await
+    }
+
+    /// Sends one encoded unary Raft RPC and decodes the remote `Result<R, E>`.
+    async fn send<R, E, F, Fut>(
+        &self,
+        msg: RaftMessage,
+        ttl: Duration,
+        call: F,
+    ) -> Result<Result<R, E>, CallError>
+    where
+        R: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned,
+        F: FnOnce(RaftClient<tonic::transport::Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
         self.faults
             .check(self.from, self.target)
             .await
             .map_err(classify)?;
-        let msg = encode(req).map_err(CallError::Network)?;
         let client = self.client().map_err(classify)?;
         let reply = match tokio::time::timeout(ttl, call(client, msg)).await {
             Err(_) => return Err(CallError::Timeout(ttl)),
@@ -192,18 +213,71 @@ impl RaftPeer {
     fn rpc_error<E: std::error::Error>(
         &self,
         action: RPCTypes,
-        e: CallError,
+        e: &CallError,
     ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         match e {
             CallError::Timeout(after) => RPCError::Timeout(Timeout {
                 action,
                 id: self.from,
                 target: self.target,
-                timeout: after,
+                timeout: *after,
             }),
-            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
-            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(e)),
         }
+    }
+
+    /// A copy for a detached call (no in-flight state).
+    fn detached(&self) -> RaftPeer {
+        RaftPeer {
+            from: self.from,
+            target: self.target,
+            addr: self.addr.clone(),
+            pool: self.pool.clone(),
+            faults: self.faults.clone(),
+            snapshot: self.snapshot.clone(),
+            append: None,
+        }
+    }
+
+    /// A large append: joins the identical call already under way, or
+    /// starts one on its own task (see `append.rs`).
+    async fn append_detached(
+        &mut self,
+        key: Key,
+        msg: RaftMessage,
+    ) -> std::sync::Arc<append::Outcome<CallError>> {
+        let mut done = match &self.append {
+            Some(f) if f.key == key => f.done.clone(),
+            _ => {
+                let peer = self.detached();
+                let ttl = append::deadline(msg.payload.len());
+                let f = InFlight::start(key, async move {
+                    peer.send(
+                        msg,
+                        ttl,
+                        |mut c, m| async move { c.append_entries(m).await },
+                    )
+                    .await
+                });
+                let done = f.done.clone();
+                self.append = Some(f);
+                done
+            }
+        };
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        // Answered: a later request, even an identical one, is sent anew.
+        self.append = None;
+        outcome.unwrap_or_else(|| {
+            std::sync::Arc::new(Err(CallError::Network(TransportError::Unavailable {
+                addr: self.addr.clone(),
+                message: "the append task ended without an answer".into(),
+            })))
+        })
     }
 }
 
@@ -213,16 +287,27 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let res = self
-            .unary::<_, AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(
-                &rpc,
-                option.hard_ttl(),
-                |mut c, m| async move { c.append_entries(m).await },
+        let key = Key::of(&rpc);
+        let msg = encode(&rpc)
+            .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, &CallError::Network(e)))?;
+        let res = if msg.payload.len() >= append::DETACHED_APPEND_BYTES {
+            self.append_detached(key, msg).await
+        } else {
+            std::sync::Arc::new(
+                self.send::<AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(
+                    msg,
+                    option.hard_ttl(),
+                    |mut c, m| async move { c.append_entries(m).await },
+                )
+                .await,
             )
-            .await;
-        match res {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+        };
+        match &*res {
+            Ok(Ok(resp)) => Ok(append::copy(resp)),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(
+                self.target,
+                remote.clone(),
+            ))),
             Err(e) => Err(self.rpc_error(RPCTypes::AppendEntries, e)),
         }
     }
@@ -242,7 +327,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         match res {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e) => Err(self.rpc_error(RPCTypes::Vote, e)),
+            Err(e) => Err(self.rpc_error(RPCTypes::Vote, &e)),
         }
     }
 
