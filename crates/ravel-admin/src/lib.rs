@@ -17,8 +17,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod departure;
 mod http;
 mod kv;
+pub mod registration;
 pub mod registry;
 mod relocation;
 pub mod ring;
@@ -73,7 +75,9 @@ impl Admin {
         cfg: &AdminConfig,
         grpc_listener: Option<TcpListener>,
     ) -> Result<Admin, AdminError> {
-        let admin = Arc::new(AdminState::new(Registry::open(&cfg.data_dir)?, cfg));
+        let registry = Registry::open(&cfg.data_dir)?;
+        registry.adopt_ring(cfg.ring).await?;
+        let admin = Arc::new(AdminState::new(registry, cfg));
         let (http_listener, http_addr) = bind(&cfg.http_addr, None).await?;
         let (grpc_listener, grpc_addr) = bind(&cfg.grpc_addr, grpc_listener).await?;
         let shutdown = CancellationToken::new();

@@ -4,9 +4,9 @@
 //! fsync, rename, fsync dir) before it is acknowledged, so a restarted admin
 //! knows everything it ever acknowledged.
 //!
-//! The registration policy (which cluster a new replica joins, what a
-//! departure does) lives here as methods of [`RegistryState`], so the gRPC
-//! service only translates.
+//! The registration policy (which cluster a new replica joins) lives here
+//! as methods of [`RegistryState`], what a departure does in
+//! `departure.rs`, so the gRPC service only translates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use ravel_runtime::durable::{self, FileError};
 use serde::{Deserialize, Serialize};
 
 const FILE: &str = "registry.json";
+const LOCK_FILE: &str = "admin.lock";
 const VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,8 +30,11 @@ pub struct ClusterInfo {
     pub id: String,
     /// Replicas by node id (decimal string, as on the wire).
     pub members: BTreeMap<String, Member>,
-    /// The node that last told us it leads.
+    /// The node that last told us it leads...
     pub leader: Option<String>,
+    /// ...and the term it said it leads in (0: not said).
+    #[serde(default)]
+    pub leader_term: u64,
     /// The founder said the cluster is ready (`InitiateDataRelocation`).
     pub ready: bool,
 }
@@ -42,7 +46,7 @@ impl ClusterInfo {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RegistryState {
     pub version: u32,
     pub next_cluster: u64,
@@ -52,8 +56,12 @@ pub struct RegistryState {
 }
 
 /// Which clusters the hash ring routes to, and the relocation in progress.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RingState {
+    /// The ring parameters every key was placed with (stored at the first
+    /// start; a later start with other parameters is refused).
+    #[serde(default)]
+    pub params: Option<crate::ring::HashRing>,
     /// The clusters partitions are assigned to (during a relocation: the
     /// clusters being moved *to*).
     pub members: Vec<String>,
@@ -101,6 +109,13 @@ pub enum RegistryError {
     Version { path: PathBuf, found: u32 },
     #[error("admin state: persisting was interrupted: {0}")]
     Interrupted(String),
+    /// Another admin process uses the same state directory.
+    #[error("admin state: {0}")]
+    Locked(#[from] ravel_runtime::lock::LockError),
+    /// The configured ring parameters differ from those the keys were
+    /// placed with.
+    #[error("admin state {path}: {detail}")]
+    RingMismatch { path: PathBuf, detail: String },
 }
 
 /// The registry and where it lives. Readers take a cheap snapshot (an
@@ -109,6 +124,8 @@ pub enum RegistryError {
 #[derive(Debug)]
 pub struct Registry {
     path: PathBuf,
+    /// Held while the registry is open: one admin per state directory.
+    _lock: ravel_runtime::lock::DirLock,
     /// The current state; replaced, never mutated in place.
     current: Mutex<Arc<RegistryState>>,
     /// Serialises updates (read, change, persist, publish).
@@ -118,12 +135,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Opens the registry in `dir` (created if missing).
+    /// Opens the registry in `dir` (created if missing), taking the
+    /// directory's lock: a second admin on the same directory is refused,
+    /// naming the process that holds it.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir).map_err(|source| FileError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock = ravel_runtime::lock::DirLock::acquire(&dir.join(LOCK_FILE))?;
         let path = dir.join(FILE);
         let state = match durable::read_json::<RegistryState>(&path)? {
             None => RegistryState {
@@ -140,6 +160,7 @@ impl Registry {
         };
         Ok(Self {
             path,
+            _lock: lock,
             current: Mutex::new(Arc::new(state)),
             writer: tokio::sync::Mutex::new(()),
             changes: tokio::sync::watch::Sender::new(0),
@@ -177,172 +198,38 @@ impl Registry {
         Ok(r)
     }
 
+    /// Checks the configured ring parameters against those the keys were
+    /// placed with, storing them on first use. Other parameters would route
+    /// every key elsewhere (reads would find nothing), so they are refused.
+    pub async fn adopt_ring(&self, ring: crate::ring::HashRing) -> Result<(), RegistryError> {
+        let path = self.path.clone();
+        self.update(|s| match s.ring.params {
+            None => {
+                s.ring.params = Some(ring);
+                Ok(())
+            }
+            Some(stored) if stored == ring => Ok(()),
+            Some(stored) => Err(RegistryError::RingMismatch {
+                path,
+                detail: format!(
+                    "keys were placed with ring parameters partitions={} load={} vnodes={}, \
+                     the configuration says partitions={} load={} vnodes={}; changing them \
+                     would route every key elsewhere. Set [ring] back to the stored values",
+                    stored.partitions,
+                    stored.load,
+                    stored.vnodes,
+                    ring.partitions,
+                    ring.load,
+                    ring.vnodes
+                ),
+            }),
+        })
+        .await?
+    }
+
     /// A receiver that sees every published change.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
-    }
-}
-
-/// Why a replica could not be registered.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    #[error("no cluster exists yet: start a node that founds one (--leader) first")]
-    NoCluster,
-    #[error("unknown cluster {0:?}")]
-    UnknownCluster(String),
-}
-
-/// What a replica's `LeaveCluster` must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Departure {
-    /// Not registered (any more): nothing to do.
-    Unknown,
-    /// Remove it from its cluster (the last replica removes the cluster).
-    Remove { cluster: String },
-    /// The last replica of a cluster that still holds keys: move them to
-    /// the other clusters first.
-    Drain { cluster: String },
-    /// The last replica of the only cluster serving keys: refused.
-    OnlyCluster { cluster: String },
-}
-
-impl RegistryState {
-    /// The clusters that should be on the ring: ready and not draining.
-    pub fn desired_members(&self) -> Vec<String> {
-        self.clusters
-            .values()
-            .filter(|c| c.ready && !self.ring.draining.contains(&c.id))
-            .map(|c| c.id.clone())
-            .collect()
-    }
-
-    /// The cluster a node is registered in.
-    pub fn cluster_of(&self, node_id: &str) -> Option<&ClusterInfo> {
-        self.clusters
-            .values()
-            .find(|c| c.members.contains_key(node_id))
-    }
-
-    /// Registers a replica: a node that registers again (it crashed before
-    /// it saved the answer) gets the same cluster; a new one the cluster
-    /// with the fewest replicas that is not draining.
-    pub fn register_replica(
-        &mut self,
-        node_id: &str,
-        member: Member,
-    ) -> Result<&ClusterInfo, RegisterError> {
-        let target = match self.cluster_of(node_id) {
-            Some(c) => c.id.clone(),
-            None => self
-                .clusters
-                .values()
-                .filter(|c| !self.ring.draining.contains(&c.id))
-                .min_by(|a, b| a.members.len().cmp(&b.members.len()).then(a.id.cmp(&b.id)))
-                .map(|c| c.id.clone())
-                .ok_or(RegisterError::NoCluster)?,
-        };
-        let c = self
-            .clusters
-            .get_mut(&target)
-            .ok_or_else(|| RegisterError::UnknownCluster(target.clone()))?;
-        c.members.insert(node_id.to_string(), member);
-        tracing::info!(node = %node_id, cluster = %target, replicas = c.members.len(), "replica registered");
-        Ok(c)
-    }
-
-    /// Registers a node that founds a new cluster (or returns the cluster
-    /// it already founded).
-    pub fn found_cluster(&mut self, node_id: &str, member: Member) -> &ClusterInfo {
-        if let Some(id) = self.cluster_of(node_id).map(|c| c.id.clone()) {
-            return &self.clusters[&id];
-        }
-        self.next_cluster += 1;
-        let id = format!("cluster-{}", self.next_cluster);
-        tracing::info!(node = %node_id, cluster = %id, "new cluster registered");
-        self.clusters.entry(id.clone()).or_insert(ClusterInfo {
-            id,
-            members: [(node_id.to_string(), member)].into(),
-            leader: Some(node_id.to_string()),
-            ready: false,
-        })
-    }
-
-    /// Records that `node_id` leads `cluster_id`.
-    pub fn record_leader(
-        &mut self,
-        cluster_id: &str,
-        node_id: &str,
-        member: Member,
-    ) -> Result<(), RegisterError> {
-        let c = self
-            .clusters
-            .get_mut(cluster_id)
-            .ok_or_else(|| RegisterError::UnknownCluster(cluster_id.to_string()))?;
-        c.members.insert(node_id.to_string(), member.clone());
-        if c.leader.as_deref() != Some(node_id) {
-            tracing::info!(cluster = %c.id, leader = %node_id, addr = %member.grpc_address, "leader changed");
-        }
-        c.leader = Some(node_id.to_string());
-        Ok(())
-    }
-
-    /// The founder says its cluster may take keys.
-    pub fn mark_ready(&mut self, cluster_id: &str) -> Result<(), RegisterError> {
-        let c = self
-            .clusters
-            .get_mut(cluster_id)
-            .ok_or_else(|| RegisterError::UnknownCluster(cluster_id.to_string()))?;
-        if !c.ready {
-            tracing::info!(cluster = %c.id, "cluster ready to serve");
-        }
-        c.ready = true;
-        Ok(())
-    }
-
-    /// What a departure of `node_id` must do.
-    pub fn departure(&self, node_id: &str) -> Departure {
-        let Some(cluster) = self.cluster_of(node_id) else {
-            return Departure::Unknown;
-        };
-        let id = cluster.id.clone();
-        let last = cluster.members.len() == 1;
-        let on_ring = self.ring.members.contains(&id);
-        let moving = self
-            .ring
-            .relocation
-            .as_ref()
-            .is_some_and(|r| r.pending.values().any(|m| m.from == id || m.to == id));
-        if !(last && (on_ring || moving)) {
-            return Departure::Remove { cluster: id };
-        }
-        let others = self
-            .desired_members()
-            .into_iter()
-            .filter(|c| *c != id)
-            .count();
-        if others == 0 {
-            Departure::OnlyCluster { cluster: id }
-        } else {
-            Departure::Drain { cluster: id }
-        }
-    }
-
-    /// Removes `node_id` from `cluster_id`; the last replica removes the
-    /// cluster.
-    pub fn remove_replica(&mut self, cluster_id: &str, node_id: &str) {
-        let Some(c) = self.clusters.get_mut(cluster_id) else {
-            return;
-        };
-        c.members.remove(node_id);
-        if c.leader.as_deref() == Some(node_id) {
-            c.leader = None;
-        }
-        tracing::info!(node = %node_id, cluster = %cluster_id, replicas = c.members.len(), "replica left");
-        if c.members.is_empty() {
-            self.clusters.remove(cluster_id);
-            self.ring.draining.remove(cluster_id);
-            tracing::info!(cluster = %cluster_id, "last replica left; cluster removed");
-        }
     }
 }
 
@@ -366,40 +253,43 @@ mod tests {
         })
         .await
         .unwrap();
+        // One admin per directory: a second open names the holder.
+        let err = Registry::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        let before = r.snapshot();
+        drop(r);
         let again = Registry::open(dir.path()).unwrap();
-        assert_eq!(again.snapshot(), r.snapshot());
+        assert_eq!(again.snapshot(), before);
         assert_eq!(again.snapshot().cluster_of("7").unwrap().id, "cluster-1");
+        drop(again);
         std::fs::write(dir.path().join(FILE), b"{").unwrap();
         let err = Registry::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("registry.json"), "{err}");
     }
 
-    #[test]
-    fn replicas_go_to_the_smallest_cluster_and_register_idempotently() {
-        let mut s = RegistryState::default();
-        assert!(matches!(
-            s.register_replica("1", member("a")),
-            Err(RegisterError::NoCluster)
-        ));
-        s.found_cluster("1", member("a"));
-        s.found_cluster("2", member("b"));
-        assert_eq!(
-            s.register_replica("3", member("c")).unwrap().id,
-            "cluster-1"
+    #[tokio::test]
+    async fn ring_parameters_are_stored_and_a_change_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        let ring = crate::ring::HashRing::default();
+        r.adopt_ring(ring).await.unwrap();
+        r.adopt_ring(ring).await.unwrap();
+        drop(r);
+        let r = Registry::open(dir.path()).unwrap();
+        let other = crate::ring::HashRing {
+            partitions: 512,
+            ..ring
+        };
+        let err = r.adopt_ring(other).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("partitions=271") && text.contains("partitions=512"),
+            "{text}"
         );
-        assert_eq!(
-            s.register_replica("4", member("d")).unwrap().id,
-            "cluster-2"
-        );
-        assert_eq!(
-            s.register_replica("3", member("c")).unwrap().id,
-            "cluster-1"
-        );
-        assert_eq!(s.found_cluster("1", member("a")).id, "cluster-1");
-        s.ring.draining.insert("cluster-1".into());
-        assert_eq!(
-            s.register_replica("5", member("e")).unwrap().id,
-            "cluster-2"
-        );
+        assert_eq!(r.snapshot().ring.params, Some(ring));
     }
 }

@@ -2,13 +2,21 @@
 //! leadership reports and departures (wire-protocol.md §2). The policy is
 //! `RegistryState`'s; this file translates between it and gRPC.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ravel_proto::admin::ravel_cluster_admin_server::RavelClusterAdmin;
 use ravel_proto::admin::{Cluster, Node, Response as AdminResponse};
 use tonic::{Request, Response, Status};
 
-use crate::registry::{ClusterInfo, Departure, Member, RegisterError, RegistryError};
+use ravel_proto::ext::StatusRequest;
+use tokio::time::Instant;
+
+use crate::departure::Departure;
+use crate::registration::RegisterError;
+use crate::registry::{ClusterInfo, Member, RegistryError};
+use crate::router::Router;
 use crate::state::AdminState;
 
 #[derive(Clone)]
@@ -20,7 +28,34 @@ impl AdminService {
     pub fn new(admin: Arc<AdminState>) -> Self {
         Self { admin }
     }
+
+    /// The Raft voters of `cluster` (node ids), as its leader reports them.
+    async fn voters(&self, cluster: &str) -> Result<BTreeSet<String>, Status> {
+        let deadline = Instant::now() + VOTERS_TIMEOUT;
+        let status = self
+            .admin
+            .router
+            .call(cluster, deadline, |ch, remaining| async move {
+                let mut req = tonic::Request::new(StatusRequest {});
+                req.set_timeout(remaining);
+                Router::ext(ch).status(req).await.map(|r| r.into_inner())
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot tell whether {cluster} keeps a serving replica (asking its leader for its voters: {e:?}); try again"
+                ))
+            })?;
+        Ok(status
+            .voters
+            .iter()
+            .filter_map(|v| v.split_once('=').map(|(id, _)| id.to_string()))
+            .collect())
+    }
 }
+
+/// Longest wait for a cluster's voters during `LeaveCluster`.
+const VOTERS_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn persist_status(e: RegistryError) -> Status {
     Status::internal(format!("could not persist the admin state: {e}"))
@@ -103,11 +138,22 @@ impl RavelClusterAdmin for AdminService {
         &self,
         request: Request<Node>,
     ) -> Result<Response<AdminResponse>, Status> {
+        let term = match request.metadata().get(ravel_proto::metadata::TERM) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument("x-ravel-term must be a decimal term")
+                    })?,
+            ),
+        };
         let node = request.into_inner();
         let member = validate(&node)?;
         self.admin
             .registry
-            .update(|s| s.record_leader(&node.cluster_id, &node.node_id, member))
+            .update(|s| s.record_leader(&node.cluster_id, &node.node_id, member, term))
             .await
             .map_err(persist_status)?
             .map_err(register_status)?;
@@ -122,36 +168,38 @@ impl RavelClusterAdmin for AdminService {
         if node.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id must not be empty"));
         }
-        match self.admin.registry.snapshot().departure(&node.node_id) {
-            // Not registered (any more): leaving is idempotent.
-            Departure::Unknown => Ok(ok()),
-            Departure::OnlyCluster { cluster } => Err(Status::failed_precondition(format!(
-                "{cluster} is the only cluster serving keys; its last replica cannot leave without losing them"
-            ))),
-            Departure::Drain { cluster } => {
-                // The cluster's keys must live elsewhere before its last
-                // replica (and with it the data) goes away.
-                self.admin
-                    .registry
-                    .update(|s| {
-                        s.ring.draining.insert(cluster.clone());
-                    })
-                    .await
-                    .map_err(persist_status)?;
-                self.admin.wake.notify_one();
-                tracing::info!(%cluster, "last replica leaving: moving the cluster's keys away first");
-                Err(Status::unavailable(format!(
-                    "cluster {cluster} is moving its keys to the other clusters; call LeaveCluster again"
-                )))
-            }
-            Departure::Remove { cluster } => {
-                self.admin
-                    .registry
-                    .update(|s| s.remove_replica(&cluster, &node.node_id))
-                    .await
-                    .map_err(persist_status)?;
-                Ok(ok())
-            }
+        // Decided on the cluster's Raft voters when it holds keys, and
+        // applied in the same registry update as the decision.
+        let mut voters = None;
+        loop {
+            let decision = self
+                .admin
+                .registry
+                .update(|s| s.depart(&node.node_id, voters.as_ref()))
+                .await
+                .map_err(persist_status)?;
+            return match decision {
+                // Not registered (any more): leaving is idempotent.
+                Departure::Unknown | Departure::Removed { .. } => Ok(ok()),
+                Departure::NeedVoters { cluster } if voters.is_none() => {
+                    voters = Some(self.voters(&cluster).await?);
+                    continue;
+                }
+                Departure::NeedVoters { cluster } => Err(Status::internal(format!(
+                    "no departure decision for {cluster} with its voters known"
+                ))),
+                Departure::OnlyCluster { cluster } => Err(Status::failed_precondition(format!(
+                    "{cluster} is the only cluster serving keys; its last replica cannot leave without losing them"
+                ))),
+                Departure::Draining { cluster } => {
+                    // The cluster's keys must live elsewhere before its
+                    // last replica (and with it the data) goes away.
+                    self.admin.wake.notify_one();
+                    Err(Status::unavailable(format!(
+                        "cluster {cluster} is moving its keys to the other clusters; call LeaveCluster again"
+                    )))
+                }
+            };
         }
     }
 

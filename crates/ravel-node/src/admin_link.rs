@@ -145,10 +145,15 @@ impl AdminLink {
     pub async fn report_leader(
         &self,
         me: &AdminNode,
+        term: u64,
         attempts: Attempts,
     ) -> Result<(), AdminLinkError> {
         self.call(attempts, |mut c| {
-            let req = Self::request(me.clone());
+            let mut req = Self::request(me.clone());
+            req.metadata_mut().insert(
+                ravel_proto::metadata::TERM,
+                term.to_string().parse().expect("digits are ASCII"),
+            );
             async move { c.update_cluster_leader(req).await.map(|_| ()) }
         })
         .await

@@ -21,9 +21,19 @@ pub struct Identity {
     /// its join was accepted). A node that crashed between registering and
     /// joining joins again on restart.
     pub joined: bool,
+    /// For a replica that founded its cluster: whether the admin has
+    /// acknowledged `InitiateDataRelocation` (the cluster may take keys).
+    /// Until it has, every start sends it again. Identities written before
+    /// this field existed count as acknowledged.
+    #[serde(default = "acknowledged")]
+    pub announced: bool,
     pub grpc_addr: String,
     pub raft_addr: String,
     pub admin_addr: String,
+}
+
+fn acknowledged() -> bool {
+    true
 }
 
 /// The identity file could not be read or written.
@@ -92,6 +102,7 @@ mod tests {
             node_id: 42,
             cluster_id: Some("cluster-1".into()),
             joined: true,
+            announced: true,
             grpc_addr: "127.0.0.1:1".into(),
             raft_addr: "127.0.0.1:1".into(),
             admin_addr: "127.0.0.1:2".into(),

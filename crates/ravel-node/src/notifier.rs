@@ -45,7 +45,7 @@ pub async fn run(
                 }
             };
             let attempts = Attempts::new(Backoff::default(), None).cancel_on(term_over.clone());
-            let report = admin.report_leader(&me, attempts);
+            let report = admin.report_leader(&me, term, attempts);
             let result = tokio::select! {
                 r = report => Some(r),
                 _ = watch_term => None,

@@ -51,6 +51,11 @@ pub mod metadata {
     /// identity in its client's session, the same on every attempt, so that
     /// it takes effect once (`ravel_consensus::sessions`).
     pub const REQUEST_ID: &str = "x-ravel-request";
+    /// On `UpdateClusterLeader`: the Raft term (decimal) in which the
+    /// reporting node leads, so the admin keeps the newest report however
+    /// late an old one arrives. Reports without it (existing nodes) are
+    /// taken as they come.
+    pub const TERM: &str = "x-ravel-term";
 }
 
 /// The status message with which existing nodes recognise a duplicate join

@@ -232,6 +232,30 @@ impl TestSystem {
         // Raft membership.
         let mut config = config;
         config.listen_addr = node.addr().to_string();
+        if found {
+            // A founder announces its cluster in the background once it
+            // leads; tests start from a cluster that may take keys.
+            let cluster = node.cluster_id().to_string();
+            wait_for(
+                Duration::from_secs(30),
+                &format!("the admin to know {cluster} is ready"),
+                || {
+                    let ready = self
+                        .admin
+                        .as_ref()
+                        .and_then(|a| {
+                            a.registry()
+                                .snapshot()
+                                .clusters
+                                .get(&cluster)
+                                .map(|c| c.ready)
+                        })
+                        .unwrap_or(false);
+                    async move { ready.then_some(()) }
+                },
+            )
+            .await;
+        }
         self.nodes.push(TestNode {
             id: node.id(),
             cluster_id: node.cluster_id().to_string(),

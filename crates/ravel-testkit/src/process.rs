@@ -333,6 +333,23 @@ impl ProcSystem {
             env: Vec::new(),
         });
         self.start_node(i).await;
+        if found {
+            // A founder announces its cluster in the background; tests
+            // start from a cluster that may take keys.
+            let dir = self.nodes[i].dir.clone();
+            wait_for(
+                Duration::from_secs(30),
+                &format!("node {i}'s cluster to be acknowledged as ready"),
+                || {
+                    let raw = std::fs::read(dir.join("identity.json")).ok();
+                    async move {
+                        let v: serde_json::Value = serde_json::from_slice(&raw?).ok()?;
+                        (v["announced"].as_bool() == Some(true)).then_some(())
+                    }
+                },
+            )
+            .await;
+        }
         i
     }
 

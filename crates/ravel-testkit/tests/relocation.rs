@@ -203,6 +203,59 @@ async fn last_replica_leaving_moves_its_keys_away() {
     sys.shutdown().await;
 }
 
+/// Reproduced on release binaries: a replica registers for a one-replica
+/// cluster but never joins (a phantom in the registry, listed under the
+/// cluster as `unreachable`), then the cluster's only real replica is
+/// decommissioned with `kill`. `Leave` is a no-op for the last voter, and
+/// the admin counted two registry members, so no relocation ran and 117 of
+/// 300 acknowledged keys were deleted with the data. The admin now decides
+/// on the cluster's Raft voters: the keys move away first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommissioning_a_cluster_with_a_phantom_member_moves_its_keys_first() {
+    use ravel_proto::admin::ravel_cluster_admin_client::RavelClusterAdminClient;
+    use ravel_proto::admin::Node;
+
+    let mut sys = TestSystem::start(2, 1).await;
+    wait_relocations(&sys, 1).await;
+    let model = preload(&sys, 300).await;
+    let mut admin = RavelClusterAdminClient::connect(format!("http://{}", sys.admin_addr()))
+        .await
+        .unwrap();
+    let phantom = admin
+        .join_existing_cluster(Node {
+            node_id: "4242".into(),
+            grpc_address: "127.0.0.1:9".into(),
+            raft_address: String::new(),
+            cluster_id: String::new(),
+        })
+        .await
+        .expect("register a phantom")
+        .into_inner();
+    let leaving = (0..sys.nodes.len())
+        .find(|&i| sys.nodes[i].cluster_id == phantom.cluster_id)
+        .expect("the phantom's cluster");
+    let cluster = phantom.cluster_id.clone();
+    let dir = sys.nodes[leaving].config.data_dir.clone();
+    let identity = ravel_node::identity::Identity::load(&dir).unwrap().unwrap();
+    ravel_node::kill::leave_cluster(
+        &identity,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .expect("leave");
+    let reg = sys.admin().registry().snapshot();
+    assert!(
+        !reg.ring.members.contains(&cluster),
+        "{cluster} is still on the ring after its last replica left"
+    );
+    // What kill does next: stop the node and delete its data.
+    sys.crash(leaving).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    verify(&sys, &model).await;
+    // The phantom goes with its cluster once it leaves too.
+    sys.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
     let mut sys = TestSystem::start(2, 1).await;
@@ -246,6 +299,114 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
         model.insert(key, Some(v));
     }
     wait_relocations(&sys, 2).await;
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}
+
+/// A founder whose `InitiateDataRelocation` the admin never acknowledged
+/// (the admin was down, the founder then crashed) announces its cluster
+/// again when it restarts; before, `joined` was saved before the
+/// acknowledgement and a restart never sent it, so the cluster stayed off
+/// the ring for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_announces_its_cluster_again_until_acknowledged() {
+    let mut sys = TestSystem::start(2, 1).await;
+    wait_relocations(&sys, 1).await;
+    let founder = 1;
+    let cluster = sys.nodes[founder].cluster_id.clone();
+    sys.crash(founder).await;
+    sys.stop_admin().await;
+    // As if the announcement had never reached the admin...
+    let reg_path = sys.root().join("admin").join("registry.json");
+    let mut reg: Value = serde_json::from_slice(&std::fs::read(&reg_path).unwrap()).unwrap();
+    reg["clusters"][&cluster]["ready"] = json!(false);
+    reg["ring"]["members"] = json!(reg["ring"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.as_str() != Some(cluster.as_str()))
+        .cloned()
+        .collect::<Vec<_>>());
+    std::fs::write(&reg_path, serde_json::to_vec(&reg).unwrap()).unwrap();
+    // ...and the founder had not recorded an acknowledgement.
+    let id_path = sys.nodes[founder].config.data_dir.join("identity.json");
+    let mut ident: Value = serde_json::from_slice(&std::fs::read(&id_path).unwrap()).unwrap();
+    ident["announced"] = json!(false);
+    std::fs::write(&id_path, serde_json::to_vec(&ident).unwrap()).unwrap();
+
+    sys.restart_admin().await;
+    assert!(!sys
+        .admin()
+        .registry()
+        .snapshot()
+        .ring
+        .members
+        .contains(&cluster));
+    sys.restart(founder).await;
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{cluster} back on the ring"),
+        || {
+            let on = sys
+                .admin()
+                .registry()
+                .snapshot()
+                .ring
+                .members
+                .contains(&cluster);
+            async move { on.then_some(()) }
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the founder to record the acknowledgement",
+        || {
+            let v: Option<Value> = std::fs::read(&id_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            async move { v.filter(|v| v["announced"] == json!(true)).map(|_| ()) }
+        },
+    )
+    .await;
+    sys.shutdown().await;
+}
+
+/// Partitions of large values move: listing pages are bounded by bytes,
+/// not only by count. Before, a page of up to 256 entries with ~1 MB
+/// values outgrew the admin's decoding limit, the step failed the same way
+/// every 200 ms, and no ring change could ever finish. (80 values of 1 MB:
+/// about half of them move, one page's worth above the admin's limit
+/// without the byte bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_large_values_move() {
+    let mut sys = TestSystem::start(1, 1).await;
+    let addr = sys.http_addr().to_string();
+    let big = "v".repeat(1_000_000);
+    let mut model = Model::new();
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let (addr, big) = (addr.clone(), big.clone());
+            tokio::spawn(async move {
+                let mut m = Model::new();
+                for k in (w..80).step_by(4) {
+                    let key = format!("big-{k}");
+                    let v = json!(format!("{k}:{big}"));
+                    assert!(put(&addr, &key, &v).await, "put {key}");
+                    m.insert(key, Some(v));
+                }
+                m
+            })
+        })
+        .collect();
+    for t in tasks {
+        model.extend(t.await.unwrap());
+    }
+    sys.add_node(true).await;
+    wait_relocations(&sys, 1).await;
+    let moved = sys.admin().registry().snapshot().ring.moved_keys_total;
+    println!("moved {moved} keys of ~1 MB");
+    assert!(moved >= 20, "only {moved} keys moved");
     verify(&sys, &model).await;
     sys.shutdown().await;
 }

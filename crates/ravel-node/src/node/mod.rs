@@ -157,6 +157,8 @@ impl Node {
                 .map_err(NodeError::Registration)?;
             tracing::info!(node = id, cluster = %cluster.cluster_id, leader = %cluster.leader_grpc_address, "registered with the admin");
             identity.cluster_id = Some(cluster.cluster_id);
+            // A founder announces its cluster until the admin acknowledges.
+            identity.announced = !cfg.found_cluster;
             identity.save(&dir)?;
         }
         let cluster_id = identity.cluster_id.clone().unwrap_or_default();
@@ -226,10 +228,13 @@ impl Node {
 
         if identity.joined {
             tracing::info!(node = id, cluster = %cluster_id, "restarted from the data directory");
+            if !identity.announced {
+                node.announce(&admin, &identity, &dir);
+            }
             return Ok(node);
         }
         let result = if cfg.found_cluster {
-            node.found(&admin, &identity, setup()).await
+            node.found(setup()).await
         } else {
             node.join(&admin, &identity, &pool, setup()).await
         };
@@ -239,6 +244,9 @@ impl Node {
         }
         identity.joined = true;
         identity.save(&dir)?;
+        if !identity.announced {
+            node.announce(&admin, &identity, &dir);
+        }
         Ok(node)
     }
 

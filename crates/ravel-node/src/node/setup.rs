@@ -23,14 +23,9 @@ use crate::config::NodeConfig;
 use crate::identity::{self, Identity};
 
 impl Node {
-    /// Initialises a one-member group, then tells the admin it may move keys
-    /// here (in the background, until acknowledged).
-    pub(super) async fn found(
-        &self,
-        admin: &AdminLink,
-        identity: &Identity,
-        attempts: Attempts,
-    ) -> Result<(), NodeError> {
+    /// Initialises a one-member group and waits until this node leads it
+    /// (the admin is told the cluster may take keys by [`Node::announce`]).
+    pub(super) async fn found(&self, attempts: Attempts) -> Result<(), NodeError> {
         let initialized = self
             .raft
             .is_initialized()
@@ -54,20 +49,39 @@ impl Node {
             .state(openraft::ServerState::Leader, "founder becomes leader")
             .await
             .map_err(|e| NodeError::Raft(format!("founder did not become leader: {e}")))?;
+        Ok(())
+    }
+
+    /// Sends `InitiateDataRelocation` (the founded cluster may take keys)
+    /// in the background until the admin acknowledges it, then records that
+    /// in the identity file: a founder that crashes or restarts before the
+    /// acknowledgement sends it again on its next start.
+    pub(super) fn announce(&self, admin: &AdminLink, identity: &Identity, dir: &Path) {
         let cluster = Cluster {
             cluster_id: identity.cluster_id.clone().unwrap_or_default(),
             leader_grpc_address: identity.grpc_addr.clone(),
             leader_raft_address: identity.raft_addr.clone(),
         };
         let admin = admin.clone();
+        let dir = dir.to_path_buf();
         let attempts = Attempts::forever().cancel_on(self.shutdown.clone());
         tokio::spawn(async move {
-            match admin.cluster_ready(&cluster, attempts).await {
-                Ok(()) => tracing::info!("admin acknowledged InitiateDataRelocation"),
-                Err(e) => tracing::error!(error = %e, "InitiateDataRelocation not acknowledged"),
+            if let Err(e) = admin.cluster_ready(&cluster, attempts).await {
+                tracing::error!(error = %e, "InitiateDataRelocation not acknowledged; sent again at the next start");
+                return;
+            }
+            tracing::info!("admin acknowledged InitiateDataRelocation");
+            let saved = Identity::load(&dir).and_then(|id| match id {
+                Some(mut id) => {
+                    id.announced = true;
+                    id.save(&dir)
+                }
+                None => Ok(()), // removed (kill) meanwhile
+            });
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "recording the acknowledged InitiateDataRelocation");
             }
         });
-        Ok(())
     }
 
     /// Asks the cluster's leader (as the admin knows it) to add this node.
@@ -183,6 +197,7 @@ pub(super) fn load_identity(
             },
             cluster_id: None,
             joined: false,
+            announced: true,
             grpc_addr: bound.advertised.clone(),
             raft_addr: bound.raft_addr.clone(),
             admin_addr: cfg.admin_addr.clone(),

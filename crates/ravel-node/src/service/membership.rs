@@ -139,42 +139,50 @@ async fn change_membership(
     }
 }
 
+/// How long a committed joint configuration may stand before the leader
+/// finishes it itself: a live proposer proposes the final step right after
+/// the joint one commits, and must not be raced.
+const JOINT_GRACE: Duration = Duration::from_secs(1);
+
 /// On the leader, finishes a membership change left in joint configuration
-/// (its proposer crashed or lost leadership between the two steps): once
-/// the joint configuration is committed, replaces it with its final half.
-/// Runs until `shutdown`.
+/// (its proposer crashed, lost leadership or was cancelled between the two
+/// steps): once the same joint configuration has stood committed for
+/// [`JOINT_GRACE`], replaces it with its final half. Runs until `shutdown`.
 pub async fn finish_joint_changes(
     raft: ravel_consensus::Raft,
     id: NodeId,
     shutdown: CancellationToken,
 ) {
+    let stalled = |m: &ravel_consensus::types::RaftMetrics| {
+        let joint = m.membership_config.membership().get_joint_config();
+        let log_id = m.membership_config.log_id().map(|l| l.index);
+        let committed = log_id.is_some() && log_id <= m.last_applied.map(|l| l.index);
+        (m.state == ServerState::Leader
+            && m.current_leader == Some(id)
+            && joint.len() > 1
+            && committed)
+            .then(|| (log_id, joint.last().cloned().unwrap_or_default()))
+    };
     let mut metrics = raft.metrics();
     loop {
-        let target = {
-            let m = metrics.borrow_and_update();
-            let joint = m.membership_config.membership().get_joint_config();
-            let committed = m.membership_config.log_id().is_some()
-                && m.membership_config.log_id().map(|l| l.index) <= m.last_applied.map(|l| l.index);
-            (m.state == ServerState::Leader
-                && m.current_leader == Some(id)
-                && joint.len() > 1
-                && committed)
-                .then(|| joint.last().cloned().unwrap_or_default())
-        };
-        if let Some(voters) = target {
-            tracing::warn!(
-                ?voters,
-                "finishing a membership change left in joint configuration"
-            );
-            let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
-            match tokio::time::timeout(Duration::from_secs(10), change).await {
-                Ok(Ok(_)) => tracing::info!("joint configuration finished"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "finishing the joint configuration"),
-                Err(_) => tracing::warn!("finishing the joint configuration timed out"),
-            }
+        let seen = stalled(&metrics.borrow_and_update());
+        if let Some((log_id, voters)) = seen {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(JOINT_GRACE) => {}
                 _ = shutdown.cancelled() => return,
+            }
+            // Still the same joint configuration: nobody is finishing it.
+            if stalled(&raft.metrics().borrow()).is_some_and(|(l, _)| l == log_id) {
+                tracing::warn!(
+                    ?voters,
+                    "finishing a membership change left in joint configuration"
+                );
+                let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
+                match tokio::time::timeout(Duration::from_secs(10), change).await {
+                    Ok(Ok(_)) => tracing::info!("joint configuration finished"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "finishing the joint configuration"),
+                    Err(_) => tracing::warn!("finishing the joint configuration timed out"),
+                }
             }
             continue;
         }
