@@ -65,6 +65,14 @@ impl DataDir {
                 source,
             },
         )?;
-        Ok((LogStore::new(engine), sm))
+        let log = LogStore::new(engine);
+        let snapshot_last = sm
+            .snapshot_last_log_id()
+            .map_err(|source| StorageError::Io {
+                path: self.snapshots(),
+                source,
+            })?;
+        log.raise_committed(snapshot_last)?;
+        Ok((log, sm))
     }
 }

@@ -362,6 +362,36 @@ mod tests {
         assert_eq!(sm.engine().get(b"old00001").unwrap(), None);
     }
 
+    /// After a crash the committed hint (not synced) can lag the newest
+    /// snapshot (synced); openraft then refuses to start ("snapshot last
+    /// log id <= committed" fails). Seen in the chaos test: a follower
+    /// SIGKILLed just after building a snapshot never started again.
+    /// Opening the data directory raises the hint to the snapshot.
+    #[tokio::test]
+    async fn reopening_raises_a_committed_hint_that_lags_the_snapshot() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::DataDir::new(dir.path());
+        {
+            let (mut log, mut sm) = data.open(4096).unwrap();
+            let entries: Vec<Entry> = (1..=10)
+                .map(|i| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect();
+            sm.apply(entries).await.unwrap();
+            sm.snapshots.build(sm.engine()).unwrap();
+            // The last hint that reached the disk before the crash.
+            log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 8)))
+                .await
+                .unwrap();
+        }
+        let (mut log, _sm) = data.open(4096).unwrap();
+        let committed = log.read_committed().await.unwrap();
+        assert_eq!(committed.map(|l| l.index), Some(10));
+    }
+
     /// A transfer that fails before the install leaves no partial file.
     #[tokio::test]
     async fn an_abandoned_transfer_deletes_its_partial_file() {

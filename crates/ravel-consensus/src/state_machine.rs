@@ -78,6 +78,14 @@ impl StateMachine {
         Ok(Self { engine, snapshots })
     }
 
+    /// The last log id covered by the newest snapshot file, if any.
+    pub fn snapshot_last_log_id(&self) -> std::io::Result<Option<LogId>> {
+        Ok(self
+            .snapshots
+            .newest()?
+            .and_then(|(meta, _, _)| meta.last_log_id))
+    }
+
     /// The database behind this state machine, for local reads.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -2,6 +2,9 @@
 //! environment variables, then command-line flags, each overriding the last
 //! (the loader is `ravel_runtime::config`, shared with the admin). One
 //! validation, and errors that name the field.
+//!
+//! (Over 400 lines: about a third is the tests of loading and validation,
+//! which belong next to the settings they check.)
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,9 @@
 //! ([`ravel_node::Node::start`], [`ravel_admin::Admin::start`]). Nodes can be
 //! crashed (stopped without leaving), restarted on their data, partitioned
 //! and healed. Every wait has a timeout.
+//!
+//! (Over 400 lines: `TestSystem` is one type whose operations tests call;
+//! splitting it would scatter one API over files.)
 
 pub mod history;
 pub mod http;

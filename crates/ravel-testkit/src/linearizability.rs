@@ -18,6 +18,9 @@
 //! outcomes return at infinity with an unconstrained output: the search
 //! may place them anywhere after their invocation, or after everything
 //! else (which is the same as never).
+//!
+//! (Over 400 lines: a third is the hand-made histories that show the checker
+//! catching each kind of anomaly, kept next to it.)
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

@@ -7,6 +7,9 @@
 //!
 //! Every process is killed when the system is dropped, so a failing test
 //! leaves nothing behind.
+//!
+//! (Over 400 lines: one type, `ProcSystem`, and the process handling it
+//! owns; tests call all of it.)
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
