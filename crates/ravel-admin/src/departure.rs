@@ -101,14 +101,7 @@ impl RegistryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Member;
-
-    fn member(a: &str) -> Member {
-        Member {
-            grpc_address: a.into(),
-            raft_address: a.into(),
-        }
-    }
+    use crate::registry::tests::member;
 
     fn voters(ids: &[&str]) -> BTreeSet<String> {
         ids.iter().map(|s| s.to_string()).collect()

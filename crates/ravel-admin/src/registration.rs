@@ -121,13 +121,7 @@ impl RegistryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(a: &str) -> Member {
-        Member {
-            grpc_address: a.into(),
-            raft_address: a.into(),
-        }
-    }
+    use crate::registry::tests::member;
 
     /// A deposed leader's late report (an older term) does not replace the
     /// newer leader; reports without a term (existing nodes) still count.

@@ -234,10 +234,11 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(a: &str) -> Member {
+    /// A member at address `a` (gRPC and Raft alike), for the policy tests.
+    pub(crate) fn member(a: &str) -> Member {
         Member {
             grpc_address: a.into(),
             raft_address: a.into(),

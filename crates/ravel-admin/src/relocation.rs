@@ -153,8 +153,8 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             .filter(|e| e.value != TOMBSTONE)
             .map(|e| async move {
                 let deadline = Instant::now() + STEP_TIMEOUT;
-                copy_if_absent(admin, to_ref, &e, deadline).await?;
-                delete_if_equal(admin, from_ref, &e, deadline).await
+                conditional(admin, Conditional::SetIfAbsent, to_ref, &e, deadline).await?;
+                conditional(admin, Conditional::DeleteIfEqual, from_ref, &e, deadline).await
             });
         let results = join_all(moves).await;
         let moved = results.len() as u64;
@@ -262,35 +262,21 @@ async fn list(
         .map_err(step_err)
 }
 
-/// Copies one entry to `cluster` unless the key exists there (`SetIfAbsent`).
-async fn copy_if_absent(
-    admin: &AdminState,
-    cluster: &str,
-    e: &KeyValue,
-    deadline: Instant,
-) -> Result<bool, String> {
-    let ticket = admin.session.begin();
-    admin
-        .router
-        .call(cluster, deadline, |ch, remaining| {
-            let mut req = tonic::Request::new(e.clone());
-            req.set_timeout(remaining);
-            ticket.id().insert(req.metadata_mut());
-            async move {
-                Router::ext(ch)
-                    .set_if_absent(req)
-                    .await
-                    .map(|r| r.into_inner().applied)
-            }
-        })
-        .await
-        .map_err(step_err)
+/// The mover's two conditional writes.
+#[derive(Debug, Clone, Copy)]
+enum Conditional {
+    /// Copy the entry unless the key exists there (`SetIfAbsent`).
+    SetIfAbsent,
+    /// Remove the entry if the key still holds exactly that value
+    /// (`DeleteIfEqual`).
+    DeleteIfEqual,
 }
 
-/// Removes one entry from `cluster` if it still holds exactly that value
-/// (`DeleteIfEqual`).
-async fn delete_if_equal(
+/// Runs `op` with entry `e` on `cluster`'s leader; whether it applied. One
+/// request id for every attempt, so a retry takes effect once.
+async fn conditional(
     admin: &AdminState,
+    op: Conditional,
     cluster: &str,
     e: &KeyValue,
     deadline: Instant,
@@ -303,10 +289,12 @@ async fn delete_if_equal(
             req.set_timeout(remaining);
             ticket.id().insert(req.metadata_mut());
             async move {
-                Router::ext(ch)
-                    .delete_if_equal(req)
-                    .await
-                    .map(|r| r.into_inner().applied)
+                let mut client = Router::ext(ch);
+                let answer = match op {
+                    Conditional::SetIfAbsent => client.set_if_absent(req).await,
+                    Conditional::DeleteIfEqual => client.delete_if_equal(req).await,
+                };
+                answer.map(|r| r.into_inner().applied)
             }
         })
         .await
@@ -327,7 +315,7 @@ async fn remove_tombstones(
             .entries
             .iter()
             .filter(|e| e.value == TOMBSTONE)
-            .map(|e| delete_if_equal(admin, cluster, e, deadline));
+            .map(|e| conditional(admin, Conditional::DeleteIfEqual, cluster, e, deadline));
         for r in join_all(removals).await {
             r?;
         }

@@ -170,36 +170,37 @@ impl RavelClusterAdmin for AdminService {
         }
         // Decided on the cluster's Raft voters when it holds keys, and
         // applied in the same registry update as the decision.
-        let mut voters = None;
-        loop {
-            let decision = self
-                .admin
-                .registry
-                .update(|s| s.depart(&node.node_id, voters.as_ref()))
-                .await
-                .map_err(persist_status)?;
-            return match decision {
-                // Not registered (any more): leaving is idempotent.
-                Departure::Unknown | Departure::Removed { .. } => Ok(ok()),
-                Departure::NeedVoters { cluster } if voters.is_none() => {
-                    voters = Some(self.voters(&cluster).await?);
-                    continue;
-                }
-                Departure::NeedVoters { cluster } => Err(Status::internal(format!(
-                    "no departure decision for {cluster} with its voters known"
-                ))),
-                Departure::OnlyCluster { cluster } => Err(Status::failed_precondition(format!(
-                    "{cluster} is the only cluster serving keys; its last replica cannot leave without losing them"
-                ))),
-                Departure::Draining { cluster } => {
-                    // The cluster's keys must live elsewhere before its
-                    // last replica (and with it the data) goes away.
-                    self.admin.wake.notify_one();
-                    Err(Status::unavailable(format!(
-                        "cluster {cluster} is moving its keys to the other clusters; call LeaveCluster again"
-                    )))
-                }
-            };
+        let depart = |voters: Option<BTreeSet<String>>| {
+            let id = node.node_id.clone();
+            async move {
+                self.admin
+                    .registry
+                    .update(|s| s.depart(&id, voters.as_ref()))
+                    .await
+                    .map_err(persist_status)
+            }
+        };
+        let decision = match depart(None).await? {
+            Departure::NeedVoters { cluster } => depart(Some(self.voters(&cluster).await?)).await?,
+            d => d,
+        };
+        match decision {
+            // Not registered (any more): leaving is idempotent.
+            Departure::Unknown | Departure::Removed { .. } => Ok(ok()),
+            Departure::NeedVoters { cluster } => Err(Status::internal(format!(
+                "no departure decision for {cluster} with its voters known"
+            ))),
+            Departure::OnlyCluster { cluster } => Err(Status::failed_precondition(format!(
+                "{cluster} is the only cluster serving keys; its last replica cannot leave without losing them"
+            ))),
+            Departure::Draining { cluster } => {
+                // The cluster's keys must live elsewhere before its last
+                // replica (and with it the data) goes away.
+                self.admin.wake.notify_one();
+                Err(Status::unavailable(format!(
+                    "cluster {cluster} is moving its keys to the other clusters; call LeaveCluster again"
+                )))
+            }
         }
     }
 

@@ -51,21 +51,13 @@ impl Engine {
             },
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        let from = key(start);
-        let iter = self.db().iterator_cf(
-            self.cf(CF_LOG),
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
-            let index = decode_key(self, &k)?;
-            if !range.contains(&index) {
-                break;
-            }
-            out.push((index, v.into_vec()));
-        }
-        Ok(out)
+        // Exclusive end; `None`: to the end of the log.
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        self.scan_log(start, end, usize::MAX)
     }
 
     /// Entries from `start` (inclusive) to `end` (exclusive), in order,
@@ -75,6 +67,15 @@ impl Engine {
         &self,
         start: u64,
         end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.scan_log(start, Some(end), max_bytes)
+    }
+
+    fn scan_log(
+        &self,
+        start: u64,
+        end: Option<u64>,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
@@ -87,10 +88,12 @@ impl Engine {
         for item in iter {
             let (k, v) = item.map_err(|e| self.rocks_err(e))?;
             let index = decode_key(self, &k)?;
-            if index >= end || (!out.is_empty() && bytes + v.len() > max_bytes) {
+            if end.is_some_and(|end| index >= end)
+                || (!out.is_empty() && bytes.saturating_add(v.len()) > max_bytes)
+            {
                 break;
             }
-            bytes += v.len();
+            bytes = bytes.saturating_add(v.len());
             out.push((index, v.into_vec()));
         }
         Ok(out)

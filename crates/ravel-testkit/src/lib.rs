@@ -32,6 +32,16 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 /// Installs a test log subscriber once (`RAVEL_TEST_LOG=debug` to see more).
+/// Rewrites the JSON file at `path` (an identity, the admin's registry)
+/// with `edit`, as a crash or an older version would have left it.
+pub fn edit_json(path: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_vec(&v).expect("json")).expect("write json");
+}
+
 pub fn init_logging() {
     let filter = std::env::var("RAVEL_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into());
     let _ = tracing_subscriber::fmt()

@@ -143,11 +143,9 @@ async fn kill_of_a_replica_that_never_recorded_its_join_removes_it_from_raft() {
     let dir = sys.nodes[victim].config.data_dir.clone();
     sys.crash(victim).await;
     // As if it crashed before writing `joined: true`.
-    let path = dir.join("identity.json");
-    let mut ident: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    ident["joined"] = serde_json::Value::Bool(false);
-    std::fs::write(&path, serde_json::to_vec(&ident).unwrap()).unwrap();
+    ravel_testkit::edit_json(&dir.join("identity.json"), |ident| {
+        ident["joined"] = serde_json::Value::Bool(false);
+    });
     assert!(voters(&sys, leader).contains(&victim_id));
 
     ravel_node::kill::kill(&dir, Duration::from_secs(20))
@@ -237,11 +235,9 @@ async fn kill_gives_up_at_its_timeout_and_keeps_the_data() {
     sys.crash(victim).await;
     // A listener nobody accepts from: connections hang in its backlog.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let path = dir.join("identity.json");
-    let mut ident: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    ident["admin_addr"] = serde_json::Value::String(silent.local_addr().unwrap().to_string());
-    std::fs::write(&path, serde_json::to_vec(&ident).unwrap()).unwrap();
+    ravel_testkit::edit_json(&dir.join("identity.json"), |ident| {
+        ident["admin_addr"] = serde_json::Value::String(silent.local_addr().unwrap().to_string());
+    });
 
     let started = std::time::Instant::now();
     let res = tokio::time::timeout(

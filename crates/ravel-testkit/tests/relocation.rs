@@ -317,22 +317,19 @@ async fn a_founder_announces_its_cluster_again_until_acknowledged() {
     sys.crash(founder).await;
     sys.stop_admin().await;
     // As if the announcement had never reached the admin...
-    let reg_path = sys.root().join("admin").join("registry.json");
-    let mut reg: Value = serde_json::from_slice(&std::fs::read(&reg_path).unwrap()).unwrap();
-    reg["clusters"][&cluster]["ready"] = json!(false);
-    reg["ring"]["members"] = json!(reg["ring"]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m.as_str() != Some(cluster.as_str()))
-        .cloned()
-        .collect::<Vec<_>>());
-    std::fs::write(&reg_path, serde_json::to_vec(&reg).unwrap()).unwrap();
+    ravel_testkit::edit_json(&sys.root().join("admin").join("registry.json"), |reg| {
+        reg["clusters"][&cluster]["ready"] = json!(false);
+        reg["ring"]["members"] = json!(reg["ring"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m.as_str() != Some(cluster.as_str()))
+            .cloned()
+            .collect::<Vec<_>>());
+    });
     // ...and the founder had not recorded an acknowledgement.
     let id_path = sys.nodes[founder].config.data_dir.join("identity.json");
-    let mut ident: Value = serde_json::from_slice(&std::fs::read(&id_path).unwrap()).unwrap();
-    ident["announced"] = json!(false);
-    std::fs::write(&id_path, serde_json::to_vec(&ident).unwrap()).unwrap();
+    ravel_testkit::edit_json(&id_path, |ident| ident["announced"] = json!(false));
 
     sys.restart_admin().await;
     assert!(!sys

@@ -26,6 +26,8 @@ use ravel_proto::raft::raft_client::RaftClient;
 use ravel_proto::raft::RaftMessage;
 use ravel_transport::{ChannelPool, Faults, TransportError};
 
+use tokio::sync::watch;
+
 use super::append::{self, InFlight, Key};
 mod snapshot_send;
 
@@ -210,31 +212,32 @@ impl RaftPeer {
         }
     }
 
-    /// A large append: joins the identical call already under way, or
-    /// starts one on its own task (see `append.rs`).
-    async fn append_detached(
+    /// Starts a large append on a task of its own (see `append.rs`).
+    fn start_append(
         &mut self,
         key: Key,
         msg: RaftMessage,
+    ) -> watch::Receiver<Option<std::sync::Arc<append::Outcome<CallError>>>> {
+        let peer = self.detached();
+        let ttl = append::deadline(msg.payload.len());
+        let f = InFlight::start(key, async move {
+            peer.send(
+                msg,
+                ttl,
+                |mut c, m| async move { c.append_entries(m).await },
+            )
+            .await
+        });
+        let done = f.done.clone();
+        self.append = Some(f);
+        done
+    }
+
+    /// Waits for the detached append behind `done`.
+    async fn await_append(
+        &mut self,
+        mut done: watch::Receiver<Option<std::sync::Arc<append::Outcome<CallError>>>>,
     ) -> std::sync::Arc<append::Outcome<CallError>> {
-        let mut done = match &self.append {
-            Some(f) if f.key == key => f.done.clone(),
-            _ => {
-                let peer = self.detached();
-                let ttl = append::deadline(msg.payload.len());
-                let f = InFlight::start(key, async move {
-                    peer.send(
-                        msg,
-                        ttl,
-                        |mut c, m| async move { c.append_entries(m).await },
-                    )
-                    .await
-                });
-                let done = f.done.clone();
-                self.append = Some(f);
-                done
-            }
-        };
         let outcome = done
             .wait_for(Option::is_some)
             .await
@@ -258,19 +261,31 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let key = Key::of(&rpc);
-        let msg = encode(&rpc)
-            .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, &CallError::Network(e)))?;
-        let res = if msg.payload.len() >= append::DETACHED_APPEND_BYTES {
-            self.append_detached(key, msg).await
+        let joined = self
+            .append
+            .as_ref()
+            .filter(|f| f.key == key)
+            .map(|f| f.done.clone());
+        let res = if let Some(done) = joined {
+            // openraft's retry of a large append still under way: wait for
+            // it, without encoding or sending the entries again.
+            self.await_append(done).await
         } else {
-            std::sync::Arc::new(
-                self.send::<AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(
-                    msg,
-                    option.hard_ttl(),
-                    |mut c, m| async move { c.append_entries(m).await },
+            let msg = encode(&rpc)
+                .map_err(|e| self.rpc_error(RPCTypes::AppendEntries, &CallError::Network(e)))?;
+            if msg.payload.len() >= append::DETACHED_APPEND_BYTES {
+                let done = self.start_append(key, msg);
+                self.await_append(done).await
+            } else {
+                std::sync::Arc::new(
+                    self.send::<AppendEntriesResponse<NodeId>, RaftError<NodeId>, _, _>(
+                        msg,
+                        option.hard_ttl(),
+                        |mut c, m| async move { c.append_entries(m).await },
+                    )
+                    .await,
                 )
-                .await,
-            )
+            }
         };
         match &*res {
             Ok(Ok(resp)) => Ok(append::copy(resp)),
