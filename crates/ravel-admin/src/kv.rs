@@ -15,7 +15,7 @@ use ravel_proto::ops;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::router::{CallError, Route};
+use crate::router::{CallError, Route, Write};
 use crate::state::AdminState;
 
 /// Marks a key deleted on a partition's new owner while the partition
@@ -48,8 +48,13 @@ impl From<CallError> for KvError {
             {
                 KvError::TooLarge(s.message().to_string())
             }
+            // FAILED_PRECONDITION: not applied, as the cluster stands now
+            // (a write routed by a ring replaced since: retry).
             CallError::Status(s)
-                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::FailedPrecondition
+                ) =>
             {
                 KvError::Unavailable(s.message().to_string())
             }
@@ -79,7 +84,14 @@ impl AdminState {
         let r = self.route(key)?;
         let ticket = self.session.begin();
         self.router
-            .run(&r.owner, ops::SET, key, value, Some(&ticket), deadline)
+            .run(
+                &r.owner,
+                ops::SET,
+                key,
+                value,
+                Some(r.write(&ticket)),
+                deadline,
+            )
             .await?;
         Ok(())
     }
@@ -125,25 +137,55 @@ impl AdminState {
         let _g = self.gate.read().await;
         let deadline = self.request_deadline();
         let r = self.route(key)?;
-        match r.previous {
+        match r.previous.clone() {
             None => {
                 let ticket = self.session.begin();
                 self.router
-                    .run(&r.owner, ops::DELETE, key, b"", Some(&ticket), deadline)
+                    .run(
+                        &r.owner,
+                        ops::DELETE,
+                        key,
+                        b"",
+                        Some(r.write(&ticket)),
+                        deadline,
+                    )
                     .await?;
             }
             Some(prev) => {
                 let ticket = self.session.begin();
                 self.router
-                    .run(&r.owner, ops::SET, key, TOMBSTONE, Some(&ticket), deadline)
+                    .run(
+                        &r.owner,
+                        ops::SET,
+                        key,
+                        TOMBSTONE,
+                        Some(r.write(&ticket)),
+                        deadline,
+                    )
                     .await?;
                 let ticket = self.session.begin();
                 self.router
-                    .run(&prev, ops::DELETE, key, b"", Some(&ticket), deadline)
+                    .run(
+                        &prev,
+                        ops::DELETE,
+                        key,
+                        b"",
+                        Some(r.write(&ticket)),
+                        deadline,
+                    )
                     .await?;
             }
         }
         Ok(())
+    }
+}
+
+impl Route {
+    fn write<'a>(&self, ticket: &'a ravel_transport::session::Ticket) -> Write<'a> {
+        Write {
+            ticket,
+            epoch: self.epoch,
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod departure;
+pub mod holds;
 mod http;
 mod kv;
 pub mod registration;
@@ -65,6 +66,8 @@ pub struct Admin {
     tasks: Vec<JoinHandle<()>>,
     /// The relocation mover; aborted on shutdown.
     mover: JoinHandle<()>,
+    /// The admin's state, for [`Admin::holds`].
+    state: Arc<AdminState>,
 }
 
 impl Admin {
@@ -120,6 +123,7 @@ impl Admin {
             shutdown,
             tasks: vec![grpc_task, http_task],
             mover,
+            state: admin,
         })
     }
 
@@ -133,6 +137,11 @@ impl Admin {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The mover's hold points (tests stop it at an exact step with them).
+    pub fn holds(&self) -> &holds::Holds {
+        &self.state.holds
     }
 
     /// Stops serving. The mover is aborted wherever it is: every step of a

@@ -93,6 +93,20 @@ pub struct RelocationProgress {
     pub cursors: BTreeMap<String, Vec<u8>>,
     /// Keys copied so far.
     pub moved_keys: u64,
+    /// Moves that are over but whose tombstones are still on their
+    /// destination: recorded in the same update that ends the move, removed
+    /// once swept, so an admin stopped in between sweeps after its restart.
+    /// The relocation finishes only when none is left.
+    #[serde(default)]
+    pub sweeps: Vec<Sweep>,
+}
+
+/// Tombstones to remove from `cluster`'s `partitions` (see
+/// [`RelocationProgress::sweeps`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sweep {
+    pub cluster: String,
+    pub partitions: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,25 +1,40 @@
 //! Relocation: planning a ring change and moving the keys of every
 //! partition that changed owner, while reads and writes go on.
 //!
-//! Per key, in this order: copy to the new owner only if absent there
-//! (`SetIfAbsent`: a newer write or a tombstone wins), then delete from the
-//! old owner only if it still holds the copied value (`DeleteIfEqual`). Both
-//! steps are idempotent, so a move interrupted anywhere (admin killed) is
-//! resumed from the persisted cursor without loss or resurrection. When a
-//! source→destination pair is done its partitions stop being "moving", and
-//! the tombstones left on the destination are removed.
+//! Per source→destination pair:
+//!
+//! 1. **Fence the source** at the current ring generation: from that point
+//!    of its log on, it refuses writes routed by an older ring (requests the
+//!    admin gave up on that are still queued or on the wire). Every write
+//!    that got in before the fence is seen by the listing that follows.
+//! 2. **Copy, key by key**: to the new owner only if absent there
+//!    (`SetIfAbsent`), then delete from the old owner only if it still holds
+//!    the copied value (`DeleteIfEqual`). A key present on the destination
+//!    is newer by construction: the destination held nothing of these
+//!    partitions when the move was planned (old owners are fenced, and the
+//!    tombstones of earlier moves are swept before a new plan), so anything
+//!    there was written during this move. Both steps are idempotent, so a
+//!    move interrupted anywhere (admin killed) resumes from the persisted
+//!    cursor without loss or resurrection.
+//! 3. **End the move and record its sweep** in one registry update: the
+//!    partitions stop "moving"; the destination's tombstones (deletes made
+//!    during the move) are listed as to be swept.
+//! 4. **Sweep**: fence the destination at the new generation (a tombstone
+//!    write still in flight from the move cannot land after the sweep), then
+//!    remove its tombstones, then drop the sweep from the registry. A
+//!    relocation finishes only once every sweep is done.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use ravel_proto::ext::{KeyValue, ListPartitionsRequest};
+use ravel_proto::ext::{FenceRequest, KeyValue, ListPartitionsRequest};
 use ravel_transport::retry::Attempts;
 use tokio::time::Instant;
 
 use crate::kv::TOMBSTONE;
-use crate::registry::{PartitionMove, RegistryError, RelocationProgress};
+use crate::registry::{PartitionMove, RegistryError, RelocationProgress, Sweep};
 use crate::router::{CallError, Router};
 use crate::state::AdminState;
 
@@ -78,6 +93,7 @@ pub async fn plan(admin: &AdminState) -> Result<bool, RegistryError> {
                 pending,
                 cursors: BTreeMap::new(),
                 moved_keys: 0,
+                sweeps: Vec::new(),
             });
         }
         true
@@ -129,6 +145,10 @@ fn step_err(e: CallError) -> String {
 /// are left).
 async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(), String> {
     let (registry, router) = (&admin.registry, &admin.router);
+    // A move that ended before the admin stopped still has its sweep.
+    if let Some(sweep) = r.sweeps.first() {
+        return run_sweep(admin, r.id, sweep).await;
+    }
     let Some(first) = r.pending.values().next() else {
         finish(admin, r.id).await.map_err(|e| e.to_string())?;
         return Ok(());
@@ -144,18 +164,20 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
     let mut cursor = r.cursors.get(&key).cloned();
     tracing::info!(relocation = r.id, %from, %to, partitions = partitions.len(), resume = cursor.is_some(), "moving partitions");
     let count = router.ring().partitions;
+    fence(admin, &from).await?;
+    admin.holds.point("mover.before_copy").await;
     loop {
         let page = list(router, &from, count, &partitions, cursor.clone()).await?;
         let (from_ref, to_ref) = (&from, &to);
-        let moves = page
-            .entries
-            .into_iter()
-            .filter(|e| e.value != TOMBSTONE)
-            .map(|e| async move {
-                let deadline = Instant::now() + STEP_TIMEOUT;
+        let moves = page.entries.into_iter().map(|e| async move {
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            // A tombstone on the source is a leftover of an older admin
+            // (sweeps are persisted now): it means "absent"; drop it.
+            if e.value != TOMBSTONE {
                 conditional(admin, Conditional::SetIfAbsent, to_ref, &e, deadline).await?;
-                conditional(admin, Conditional::DeleteIfEqual, from_ref, &e, deadline).await
-            });
+            }
+            conditional(admin, Conditional::DeleteIfEqual, from_ref, &e, deadline).await
+        });
         let results = join_all(moves).await;
         let moved = results.len() as u64;
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
@@ -175,7 +197,13 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             break;
         }
     }
-    // The pair is done: its partitions are served by the destination alone.
+    // The pair is done: its partitions are served by the destination
+    // alone, and its tombstones are to be swept (recorded in the same
+    // update, so a restart cannot forget them).
+    let sweep = Sweep {
+        cluster: to.clone(),
+        partitions: partitions.clone(),
+    };
     {
         let _g = admin.gate.write().await;
         registry
@@ -185,13 +213,15 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
                         rel.pending.remove(p);
                     }
                     rel.cursors.remove(&key);
+                    rel.sweeps.push(sweep.clone());
                     s.ring.generation += 1;
                 }
             })
             .await
             .map_err(|e| e.to_string())?;
     }
-    remove_tombstones(admin, &to, count, &partitions).await?;
+    admin.holds.point("mover.before_sweep").await;
+    run_sweep(admin, r.id, &sweep).await?;
     let progress = registry.snapshot().ring.relocation.as_ref().map(|x| {
         (
             x.total_partitions as usize - x.pending.len(),
@@ -205,10 +235,50 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
     Ok(())
 }
 
+/// Fences `cluster` at the current ring generation (see the module's
+/// step 1 and 4). Idempotent.
+async fn fence(admin: &AdminState, cluster: &str) -> Result<(), String> {
+    let epoch = admin.registry.snapshot().ring.generation;
+    let ticket = admin.session.begin();
+    admin
+        .router
+        .call(cluster, Instant::now() + STEP_TIMEOUT, |ch, remaining| {
+            let mut req = tonic::Request::new(FenceRequest { epoch });
+            req.set_timeout(remaining);
+            ticket.id().insert(req.metadata_mut());
+            async move { Router::ext(ch).fence(req).await.map(|_| ()) }
+        })
+        .await
+        .map_err(step_err)
+}
+
+/// Step 4: fences the destination, removes its tombstones in the sweep's
+/// partitions, then drops the sweep from the registry.
+async fn run_sweep(admin: &AdminState, id: u64, sweep: &Sweep) -> Result<(), String> {
+    fence(admin, &sweep.cluster).await?;
+    let count = admin.router.ring().partitions;
+    remove_tombstones(admin, &sweep.cluster, count, &sweep.partitions).await?;
+    admin
+        .registry
+        .update(|s| {
+            if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == id) {
+                rel.sweeps.retain(|x| x != sweep);
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(relocation = id, cluster = %sweep.cluster, partitions = sweep.partitions.len(), "tombstones swept");
+    Ok(())
+}
+
 async fn finish(admin: &AdminState, id: u64) -> Result<(), RegistryError> {
     let _g = admin.gate.write().await;
     admin.registry.update(|s| {
-        if let Some(rel) = s.ring.relocation.take_if(|x| x.id == id) {
+        if let Some(rel) = s
+            .ring
+            .relocation
+            .take_if(|x| x.id == id && x.pending.is_empty() && x.sweeps.is_empty())
+        {
             s.ring.moved_keys_total += rel.moved_keys;
             s.ring.relocations_done += 1;
             s.ring.generation += 1;
@@ -282,12 +352,15 @@ async fn conditional(
     deadline: Instant,
 ) -> Result<bool, String> {
     let ticket = admin.session.begin();
+    // Never below a fence the mover set: the generation only grows.
+    let epoch = admin.registry.snapshot().ring.generation;
     admin
         .router
         .call(cluster, deadline, |ch, remaining| {
             let mut req = tonic::Request::new(e.clone());
             req.set_timeout(remaining);
             ticket.id().insert(req.metadata_mut());
+            ravel_proto::metadata::insert_ring_epoch(req.metadata_mut(), epoch);
             async move {
                 let mut client = Router::ext(ch);
                 let answer = match op {

@@ -31,6 +31,18 @@ pub struct Route {
     /// The previous owner while the partition is being moved: reads fall
     /// back to it.
     pub previous: Option<String>,
+    /// The ring generation this route comes from; writes carry it, so an
+    /// owner fenced since refuses them ([`metadata::RING_EPOCH`]).
+    pub epoch: u64,
+}
+
+/// What a write sends next to its body: its identity (the same on every
+/// attempt, so a retry takes effect once) and the ring generation it was
+/// routed by.
+#[derive(Clone, Copy)]
+pub struct Write<'a> {
+    pub ticket: &'a Ticket,
+    pub epoch: u64,
 }
 
 /// The owners of every partition under one ring generation.
@@ -116,6 +128,7 @@ impl Router {
             partition,
             previous: t.moving.get(&partition).cloned(),
             owner,
+            epoch: t.generation,
         })
     }
 
@@ -244,16 +257,16 @@ impl Router {
         }
     }
 
-    /// `Run` on the leader of `cluster`. A write passes its `ticket`: every
+    /// `Run` on the leader of `cluster`. A write passes its [`Write`]: every
     /// attempt carries the same request id, so a retry of an attempt whose
-    /// answer was lost does not take effect twice.
+    /// answer was lost does not take effect twice, and its ring generation.
     pub async fn run(
         &self,
         cluster: &str,
         op: &str,
         key: &[u8],
         value: &[u8],
-        ticket: Option<&Ticket>,
+        write: Option<Write<'_>>,
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
         self.call(cluster, deadline, |ch, remaining| {
@@ -263,8 +276,9 @@ impl Router {
                 value: value.to_vec(),
             });
             req.set_timeout(remaining);
-            if let Some(t) = ticket {
-                t.id().insert(req.metadata_mut());
+            if let Some(w) = write {
+                w.ticket.id().insert(req.metadata_mut());
+                metadata::insert_ring_epoch(req.metadata_mut(), w.epoch);
             }
             async move {
                 RavelNodeClient::new(ch)

@@ -40,6 +40,8 @@ pub struct AdminState {
     /// a write whose answer was lost takes effect once.
     pub session: ClientSession,
     pub limits: Limits,
+    /// Test hold points of the mover (none armed in production).
+    pub holds: crate::holds::Holds,
 }
 
 impl AdminState {
@@ -63,6 +65,7 @@ impl AdminState {
                 max_value_bytes: cfg.max_value_bytes,
                 request_timeout: cfg.request_timeout(),
             },
+            holds: Default::default(),
         }
     }
 }

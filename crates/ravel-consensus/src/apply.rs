@@ -24,6 +24,10 @@ pub(crate) struct Applier<'a> {
     meta: HashMap<String, Option<Vec<u8>>>,
 }
 
+/// State-machine metadata: the ring fence (see [`Command::Fence`]). Kept
+/// with the data, so snapshots carry it.
+const FENCE: &str = "ring-fence";
+
 pub(crate) fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
     openraft::StorageIOError::read_state_machine(&e).into()
 }
@@ -95,6 +99,14 @@ impl<'a> Applier<'a> {
         Ok(keys)
     }
 
+    /// The generation below which writes are refused (0: never fenced).
+    pub(crate) fn fence(&self) -> Result<u64, RaftStorageError> {
+        match self.meta(FENCE)? {
+            None => Ok(0),
+            Some(raw) => crate::codec::decode(&raw).map_err(read_err),
+        }
+    }
+
     /// Applies one command and returns its result.
     pub(crate) fn execute(&mut self, cmd: Command) -> Result<CommandResult, RaftStorageError> {
         Ok(match cmd {
@@ -131,6 +143,21 @@ impl<'a> Applier<'a> {
                     .collect::<Result<_, _>>()?,
             ),
             Command::Once { id, at_ms, cmd } => Sessions::execute_once(self, id, at_ms, *cmd)?,
+            Command::Fenced { epoch, cmd } => {
+                let fence = self.fence()?;
+                if epoch < fence {
+                    CommandResult::Fenced { fence }
+                } else {
+                    self.execute(*cmd)?
+                }
+            }
+            Command::Fence { epoch } => {
+                if epoch > self.fence()? {
+                    let raw = crate::codec::encode(&epoch).map_err(write_err)?;
+                    self.put_meta(FENCE.to_string(), raw);
+                }
+                CommandResult::Done
+            }
         })
     }
 }

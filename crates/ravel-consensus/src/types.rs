@@ -61,6 +61,14 @@ pub enum Command {
         at_ms: u64,
         cmd: Box<Command>,
     },
+    /// `cmd`, routed by the admin's ring generation `epoch`: applied unless
+    /// the cluster is fenced at a newer generation, then refused without
+    /// effect ([`CommandResult::Fenced`]): the ring it was routed by no
+    /// longer holds (the key's partition has moved away, or is moving).
+    Fenced { epoch: u64, cmd: Box<Command> },
+    /// Raise the cluster's fence to `epoch` (never lowers it): from this
+    /// point of the log on, writes routed by an older ring are refused.
+    Fence { epoch: u64 },
 }
 
 /// One request of a client session (see `crate::sessions`).
@@ -89,6 +97,9 @@ pub enum CommandResult {
     /// Not applied: the request's session had already moved past it (its
     /// client had given up on it), or holds too many unanswered requests.
     Stale,
+    /// Not applied: routed by a ring generation older than the cluster's
+    /// fence (`fence`).
+    Fenced { fence: u64 },
 }
 
 /// A snapshot on disk: the file plus its path, so a received snapshot can

@@ -50,6 +50,10 @@ pub enum WriteError {
     /// moved past it.
     #[error("request abandoned by its client (its session moved on); not applied")]
     Stale,
+    /// Refused without effect: routed by a ring the admin has since
+    /// replaced (the cluster was fenced at a newer generation).
+    #[error("routed by ring generation {epoch}, but this cluster is fenced at generation {fence} (the key's partition moved); not applied")]
+    Fenced { epoch: u64, fence: u64 },
 }
 
 struct Pending {
@@ -78,7 +82,8 @@ fn command_bytes(cmd: &Command) -> usize {
         | Command::DeleteIfEqual { key, value } => key.len() + value.len(),
         Command::Delete { key } | Command::GetAndDelete { key } => key.len(),
         Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
-        Command::Once { cmd, .. } => command_bytes(cmd),
+        Command::Once { cmd, .. } | Command::Fenced { cmd, .. } => command_bytes(cmd),
+        Command::Fence { .. } => 8,
     }
 }
 

@@ -56,6 +56,30 @@ pub mod metadata {
     /// late an old one arrives. Reports without it (existing nodes) are
     /// taken as they come.
     pub const TERM: &str = "x-ravel-term";
+    /// On writes from the admin: the generation of the ring the request
+    /// was routed by (decimal). A cluster fenced at a newer generation (the
+    /// admin fences a cluster before moving partitions out of it) refuses
+    /// the write with `FAILED_PRECONDITION`, not applied: it was routed by
+    /// a ring that no longer holds. Writes without it (existing admins,
+    /// users' clients) are not fenced.
+    pub const RING_EPOCH: &str = "x-ravel-ring-epoch";
+
+    /// The ring generation a request carries ([`RING_EPOCH`]), if any.
+    pub fn ring_epoch(map: &tonic::metadata::MetadataMap) -> Result<Option<u64>, String> {
+        let Some(v) = map.get(RING_EPOCH) else {
+            return Ok(None);
+        };
+        v.to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{RING_EPOCH} must be a decimal generation, got {v:?}"))
+    }
+
+    /// Marks a request as routed by ring generation `epoch`.
+    pub fn insert_ring_epoch(map: &mut tonic::metadata::MetadataMap, epoch: u64) {
+        map.insert(RING_EPOCH, tonic::metadata::MetadataValue::from(epoch));
+    }
 }
 
 /// The status message with which existing nodes recognise a duplicate join

@@ -407,3 +407,148 @@ async fn partitions_of_large_values_move() {
     verify(&sys, &model).await;
     sys.shutdown().await;
 }
+
+/// The index of the (only) replica of `cluster` in a system of one-replica
+/// clusters.
+fn replica_of(sys: &TestSystem, cluster: &str) -> usize {
+    (0..sys.nodes.len())
+        .find(|&i| sys.nodes[i].cluster_id == cluster && sys.nodes[i].is_running())
+        .unwrap_or_else(|| panic!("no running replica of {cluster}"))
+}
+
+/// Decommissions a one-replica cluster the way `ravel-node kill` does: its
+/// replica leaves (its keys move away first), then stops with its data
+/// deleted.
+async fn decommission(sys: &mut TestSystem, cluster: &str) {
+    let i = replica_of(sys, cluster);
+    let dir = sys.nodes[i].config.data_dir.clone();
+    let identity = ravel_node::identity::Identity::load(&dir).unwrap().unwrap();
+    ravel_node::kill::leave_cluster(
+        &identity,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    .expect("leave");
+    sys.crash(i).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A write the admin routed by an old ring and gave up on (its deadline
+/// passed while it sat in a queue or on the wire) reaches the partition's
+/// old owner after the move. Before fencing it was applied there: a ghost
+/// value, invisible while the partition lived elsewhere, until the
+/// partition moved back (a cluster added, then removed): the copy step
+/// took the ghost for a newer write, kept it, and deleted the only copy of
+/// the acknowledged value. Writes carry the ring epoch they were routed by
+/// (`x-ravel-ring-epoch`) and an old owner, fenced when the move began,
+/// refuses older epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_write_routed_by_an_old_ring_is_refused_by_the_old_owner() {
+    let mut sys = TestSystem::start(2, 1).await;
+    wait_relocations(&sys, 1).await;
+    let model = preload(&sys, 300).await;
+    let before = sys.admin().registry().snapshot().ring.clone();
+    let old_owners = HashRing::default().owners(&before.members);
+
+    let third = sys.add_node(true).await;
+    let third_id = sys.nodes[third].cluster_id.clone();
+    wait_relocations(&sys, 2).await;
+    let members = sys.admin().registry().snapshot().ring.members.clone();
+    let new_owners = HashRing::default().owners(&members);
+    let (key, old_owner) = model
+        .keys()
+        .find_map(|k| {
+            let p = ravel_proto::partition_of(k.as_bytes(), 271) as usize;
+            (new_owners[p] == third_id).then(|| (k.clone(), old_owners[p].clone()))
+        })
+        .expect("a key that moved to the new cluster");
+
+    // The late write, as the admin sent it under the old ring.
+    let mut client = sys.client(replica_of(&sys, &old_owner)).await;
+    let mut req = tonic::Request::new(ravel_proto::node::Command {
+        operation: "set".into(),
+        key: key.clone().into_bytes(),
+        value: serde_json::to_vec(&json!("ghost")).unwrap(),
+    });
+    req.metadata_mut().insert(
+        ravel_proto::metadata::RING_EPOCH,
+        before.generation.to_string().parse().unwrap(),
+    );
+    let late = client.run(req).await;
+
+    // The new cluster leaves again: its partitions move back to their old
+    // owners.
+    decommission(&mut sys, &third_id).await;
+    wait_relocations(&sys, 3).await;
+    verify(&sys, &model).await;
+    let refused = late.expect_err("the old owner applied a write routed by an old ring");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    println!("late write refused: {}", refused.message());
+    sys.shutdown().await;
+}
+
+/// Deletes during a move leave tombstones on the destination; they are
+/// swept once the move is done. An admin stopped between the two used to
+/// forget the sweep: the tombstones stayed for good, and the next move of
+/// those partitions into that cluster took them for newer deletes and
+/// dropped the values it was moving (acknowledged writes). The pending
+/// sweep is persisted with the move's end and run after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_swept_even_when_the_admin_stops_before_the_sweep() {
+    let mut sys = TestSystem::start(1, 1).await;
+    let mut model = preload(&sys, 300).await;
+    sys.admin().holds().arm("mover.before_copy");
+    let second = sys.add_node(true).await;
+    let second_id = sys.nodes[second].cluster_id.clone();
+    sys.admin().holds().reached("mover.before_copy").await;
+    // Delete keys of moving partitions: tombstones on the new owner.
+    let members = sys.admin().registry().snapshot().ring.members.clone();
+    let owners = HashRing::default().owners(&members);
+    let moving: Vec<String> = model
+        .keys()
+        .filter(|k| owners[ravel_proto::partition_of(k.as_bytes(), 271) as usize] == second_id)
+        .take(20)
+        .cloned()
+        .collect();
+    assert_eq!(moving.len(), 20);
+    for k in &moving {
+        assert!(delete(sys.http_addr(), k).await, "delete {k}");
+        model.insert(k.clone(), None);
+    }
+    let tombstones = |sys: &TestSystem| {
+        let node = sys.nodes[second].node();
+        moving
+            .iter()
+            .filter(|k| {
+                node.local_get(k.as_bytes()).unwrap().as_deref() == Some(ravel_admin::TOMBSTONE)
+            })
+            .count()
+    };
+    assert_eq!(
+        tombstones(&sys),
+        20,
+        "deletes of moving keys leave tombstones"
+    );
+    // Let the copy run, and stop the admin just before the sweep.
+    sys.admin().holds().arm("mover.before_sweep");
+    sys.admin().holds().release("mover.before_copy");
+    sys.admin().holds().reached("mover.before_sweep").await;
+    sys.stop_admin().await;
+    sys.restart_admin().await;
+    wait_relocations(&sys, 1).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the tombstones to be swept",
+        || {
+            let left = tombstones(&sys);
+            async move { (left == 0).then_some(()) }
+        },
+    )
+    .await;
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}

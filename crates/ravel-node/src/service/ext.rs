@@ -9,7 +9,8 @@ use ravel_consensus::types::NodeId;
 use ravel_consensus::{Command, CommandResult};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
 use ravel_proto::ext::{
-    Applied, KeyValue, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
+    Applied, FenceRequest, FenceResponse, KeyValue, ListPartitionsRequest, ListPartitionsResponse,
+    StatusRequest, StatusResponse,
 };
 use ravel_transport::session::RequestId;
 use tonic::{Request, Response, Status};
@@ -43,10 +44,12 @@ impl RavelNodeExt for NodeService {
 
     async fn set_if_absent(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
         let (id, _ticket) = self.state.request_id(&request)?;
+        let epoch = self.state.ring_epoch(&request)?;
         let kv = request.into_inner();
         conditional(
             &self.state,
             id,
+            epoch,
             Command::SetIfAbsent {
                 key: kv.key,
                 value: kv.value,
@@ -60,16 +63,28 @@ impl RavelNodeExt for NodeService {
         request: Request<KeyValue>,
     ) -> Result<Response<Applied>, Status> {
         let (id, _ticket) = self.state.request_id(&request)?;
+        let epoch = self.state.ring_epoch(&request)?;
         let kv = request.into_inner();
         conditional(
             &self.state,
             id,
+            epoch,
             Command::DeleteIfEqual {
                 key: kv.key,
                 value: kv.value,
             },
         )
         .await
+    }
+
+    async fn fence(
+        &self,
+        request: Request<FenceRequest>,
+    ) -> Result<Response<FenceResponse>, Status> {
+        let (id, _ticket) = self.state.request_id(&request)?;
+        let epoch = request.into_inner().epoch;
+        leader_write(&self.state, id, None, Command::Fence { epoch }).await?;
+        Ok(Response::new(FenceResponse {}))
     }
 }
 
@@ -182,20 +197,32 @@ async fn list_partitions(
 async fn conditional(
     s: &NodeState,
     id: RequestId,
+    epoch: Option<u64>,
     cmd: Command,
 ) -> Result<Response<Applied>, Status> {
-    s.check_running()?;
     if let Command::SetIfAbsent { key, value } | Command::DeleteIfEqual { key, value } = &cmd {
         s.check_sizes(key, value)?;
     }
+    match leader_write(s, id, epoch, cmd).await? {
+        CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// A write of the extension service: on the leader only (callers find the
+/// leader themselves), in touch with a majority, replicated and applied.
+async fn leader_write(
+    s: &NodeState,
+    id: RequestId,
+    epoch: Option<u64>,
+    cmd: Command,
+) -> Result<CommandResult, Status> {
+    s.check_running()?;
     s.leader_only()?;
     if !s.contact.fresh(&s.raft) {
         return Err(Status::unavailable(
             "this node leads but has lost contact with a majority of its cluster; not applied",
         ));
     }
-    match s.replicate(id, cmd, s.deadline()).await? {
-        CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
-        other => Err(Status::internal(format!("unexpected result {other:?}"))),
-    }
+    Ok(s.replicate(id, epoch, cmd, s.deadline()).await?)
 }

@@ -170,13 +170,13 @@ impl NodeState {
     /// is elected meanwhile (the one we forwarded to was cut off or paused),
     /// gives up on this attempt with [`Forward::LeaderChanged`]: the caller
     /// sends it again to the new leader (writes carry their request id, so
-    /// they take effect once).
+    /// they take effect once, and the ring generation they were routed by).
     pub(super) async fn forward<Req, Resp, F, Fut>(
         &self,
         leader: NodeId,
         addr: &str,
         body: Req,
-        id: Option<RequestId>,
+        tags: Tags,
         deadline: Instant,
         call: F,
     ) -> Result<Response<Resp>, Forward>
@@ -193,8 +193,11 @@ impl NodeState {
         req.set_timeout(remaining);
         req.metadata_mut()
             .insert(metadata::FORWARDED, MetadataValue::from_static("1"));
-        if let Some(id) = id {
+        if let Some(id) = tags.id {
             id.insert(req.metadata_mut());
+        }
+        if let Some(epoch) = tags.epoch {
+            metadata::insert_ring_epoch(req.metadata_mut(), epoch);
         }
         let client = self.client(addr).map_err(Forward::Failed)?;
         let answer = tokio::select! {
@@ -215,6 +218,14 @@ impl NodeState {
         }
         Ok(resp)
     }
+}
+
+/// What a forwarded request carries besides its body: a write's identity
+/// (the same on every attempt) and the ring generation it was routed by.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tags {
+    pub id: Option<RequestId>,
+    pub epoch: Option<u64>,
 }
 
 /// Why a forwarded call did not produce the leader's answer.

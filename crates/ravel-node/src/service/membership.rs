@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::leadership::{is_forwarded, Forward, Leadership};
+use super::leadership::{is_forwarded, Forward, Leadership, Tags};
 use super::status::{membership_in_progress, membership_status, set_leader};
 use super::NodeState;
 
@@ -94,7 +94,7 @@ where
             l @ Leadership::Remote { .. } if forwarded => return Err(s.not_leader(&l)),
             Leadership::Remote { id, addr } => {
                 match s
-                    .forward(id, &addr, node.clone(), None, deadline, &forward)
+                    .forward(id, &addr, node.clone(), Tags::default(), deadline, &forward)
                     .await
                 {
                     Ok(r) => return Ok(r),

@@ -92,13 +92,22 @@ impl NodeState {
     /// Replicates `cmd` as request `id` through the batcher and returns
     /// its result once applied on this leader, or an error by `deadline`.
     /// However often a request is replicated (retries, forwards through
-    /// several leaders), it takes effect once.
+    /// several leaders), it takes effect once. A write routed by ring
+    /// generation `epoch` is refused if the cluster is fenced above it.
     async fn replicate(
         &self,
         id: RequestId,
+        epoch: Option<u64>,
         cmd: ravel_consensus::Command,
         deadline: Instant,
     ) -> Result<CommandResult, WriteError> {
+        let cmd = match epoch {
+            Some(epoch) => ravel_consensus::Command::Fenced {
+                epoch,
+                cmd: Box::new(cmd),
+            },
+            None => cmd,
+        };
         let once = ravel_consensus::Command::Once {
             id: ravel_consensus::RequestId {
                 session: id.session,
@@ -115,8 +124,17 @@ impl NodeState {
         match tokio::time::timeout(remaining, self.batcher.submit(once)).await {
             Err(_) => Err(WriteError::Timeout),
             Ok(Ok(CommandResult::Stale)) => Err(WriteError::Stale),
+            Ok(Ok(CommandResult::Fenced { fence })) => Err(WriteError::Fenced {
+                epoch: epoch.unwrap_or(0),
+                fence,
+            }),
             Ok(r) => r,
         }
+    }
+
+    /// The ring generation a write was routed by (`x-ravel-ring-epoch`).
+    fn ring_epoch<T>(&self, request: &Request<T>) -> Result<Option<u64>, Status> {
+        ravel_proto::metadata::ring_epoch(request.metadata()).map_err(Status::invalid_argument)
     }
 
     /// The identity of a write request: the client's (`x-ravel-request`),

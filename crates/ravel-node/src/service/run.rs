@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::leadership::{is_forwarded, Forward, Leadership, Unconfirmed};
+use super::leadership::{is_forwarded, Forward, Leadership, Tags, Unconfirmed};
 use super::status::{ok_response, set_leader};
 use super::NodeState;
 use crate::batcher::WriteError;
@@ -42,10 +42,11 @@ pub(super) async fn run(
     // carries the same id: it takes effect once. The ticket (for a request
     // that came without an id) is held until we answer.
     let (id, _ticket) = s.request_id(&request)?;
+    let epoch = s.ring_epoch(&request)?;
     let cmd = request.into_inner();
     let span = tracing::debug_span!("run", op = %cmd.operation, key_len = cmd.key.len(), forwarded);
     let started = Instant::now();
-    let result = serve(s, cmd, id, forwarded, deadline)
+    let result = serve(s, cmd, id, epoch, forwarded, deadline)
         .instrument(span.clone())
         .await;
     span.in_scope(|| {
@@ -62,6 +63,7 @@ async fn serve(
     s: &NodeState,
     cmd: PbCommand,
     id: RequestId,
+    epoch: Option<u64>,
     forwarded: bool,
     deadline: Instant,
 ) -> Result<Response<RunResponse>, Status> {
@@ -82,7 +84,7 @@ async fn serve(
             }));
         }
         match leadership {
-            Leadership::Local => match run_local(s, op, id, deadline).await {
+            Leadership::Local => match run_local(s, op, id, epoch, deadline).await {
                 Ok(r) => {
                     let mut resp = Response::new(r);
                     set_leader(&mut resp, &s.advertised);
@@ -109,7 +111,10 @@ async fn serve(
                         leader,
                         &addr,
                         cmd.clone(),
-                        Some(id),
+                        Tags {
+                            id: Some(id),
+                            epoch,
+                        },
                         deadline,
                         |mut c, r| async move { c.run(r).await },
                     )
@@ -157,6 +162,7 @@ async fn run_local(
     s: &NodeState,
     op: Op,
     id: RequestId,
+    epoch: Option<u64>,
     deadline: Instant,
 ) -> Result<RunResponse, LocalError> {
     match op {
@@ -179,7 +185,7 @@ async fn run_local(
                 | Command::GetAndDelete { key } => key.clone(),
                 _ => Vec::new(),
             };
-            let result = s.replicate(id, cmd, deadline).await;
+            let result = s.replicate(id, epoch, cmd, deadline).await;
             if let Some(hold) = s.faults.take_lost_answer(s.id, &key) {
                 tokio::time::sleep(hold).await;
                 return Err(LocalError::Status(Status::unavailable(

@@ -22,7 +22,9 @@ impl From<WriteError> for Status {
             e @ WriteError::NotLeader { .. } => Status::unavailable(format!(
                 "{e}: leadership changed while the request was in flight; it may or may not have been applied"
             )),
-            e @ WriteError::Stale => Status::failed_precondition(e.to_string()),
+            e @ (WriteError::Stale | WriteError::Fenced { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             e => Status::unavailable(e.to_string()),
         }
     }
