@@ -88,6 +88,30 @@ const PROCESS: [Fault; 7] = [
     Fault::SlowFollower,
 ];
 
+/// The seeds of a randomised run: the one in `one_var` (a replay), or a
+/// count (from a random base) or a range `a..b` in `many_var`, else
+/// `default` seeds from a random base.
+pub fn seeds(one_var: &str, many_var: &str, default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var(one_var) {
+        return vec![s
+            .parse()
+            .unwrap_or_else(|_| panic!("{one_var} is a number"))];
+    }
+    let spec = std::env::var(many_var).unwrap_or_else(|_| default.to_string());
+    if let Some((a, b)) = spec.split_once("..") {
+        let (a, b): (u64, u64) = (
+            a.parse().expect("range start"),
+            b.parse().expect("range end"),
+        );
+        return (a..b).collect();
+    }
+    let n: u64 = spec
+        .parse()
+        .unwrap_or_else(|_| panic!("{many_var} is a count or a range a..b"));
+    let base = rand::random::<u32>() as u64 * 1000;
+    (base..base + n).collect()
+}
+
 /// One planned fault: what, and how long it lasts before it is healed.
 #[derive(Debug, Clone, Copy)]
 pub struct Step {

@@ -431,29 +431,51 @@ impl ProcSystem {
     /// Removes node `i` for good with `ravel-node kill -s DIR` (the real
     /// CLI: leave through the leader, deregister, stop, delete).
     pub async fn remove_node(&mut self, i: usize, timeout: Duration) -> Result<(), String> {
+        let out = self
+            .start_removal(i, timeout)
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if out.is_ok() {
+            self.removed(i);
+        }
+        out
+    }
+
+    /// Runs `ravel-node kill -s DIR` for node `i` on its own task, so the
+    /// caller can inject faults while it runs; call [`ProcSystem::removed`]
+    /// once it succeeded.
+    pub fn start_removal(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<(), String>> {
         let dir = self.nodes[i].dir.clone();
         let secs = timeout.as_secs().max(1).to_string();
-        let out = run_command(
-            bin("ravel-test-node"),
-            vec![
-                "kill".into(),
-                "-s".into(),
-                dir.display().to_string(),
-                "--timeout-secs".into(),
-                secs,
-            ],
-        )
-        .await;
-        match out {
-            Ok((true, _)) => {
-                // The CLI stopped the process; reap it.
-                self.nodes[i].proc.kill();
-                self.nodes[i].removed = true;
-                Ok(())
+        tokio::spawn(async move {
+            let out = run_command(
+                bin("ravel-test-node"),
+                vec![
+                    "kill".into(),
+                    "-s".into(),
+                    dir.display().to_string(),
+                    "--timeout-secs".into(),
+                    secs,
+                ],
+            )
+            .await;
+            match out {
+                Ok((true, _)) => Ok(()),
+                Ok((false, err)) => Err(err),
+                Err(e) => Err(e.to_string()),
             }
-            Ok((false, err)) => Err(err),
-            Err(e) => Err(e.to_string()),
-        }
+        })
+    }
+
+    /// Records that node `i` was removed by a successful `kill` (which
+    /// stopped the process; it is reaped here).
+    pub fn removed(&mut self, i: usize) {
+        self.nodes[i].proc.kill();
+        self.nodes[i].removed = true;
     }
 
     /// Indexes of the nodes of `cluster_id` that are not removed.

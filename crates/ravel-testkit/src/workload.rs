@@ -299,46 +299,66 @@ impl Client {
         let Some(base) = self.targets.http.clone() else {
             return Outcome::Fail;
         };
-        let (path, body) = match op {
-            Op::Set(v) => {
-                let val: serde_json::Value = serde_json::from_slice(v).expect("json value");
-                ("/put", json!({"key": key, "val": val}))
-            }
-            Op::Get => ("/get", json!({"key": key})),
-            Op::Delete => ("/delete", json!({"key": key})),
-            _ => return Outcome::Fail,
-        };
-        let call = http_client()
-            .post(format!("http://{base}{path}"))
-            .timeout(self.timeout)
-            .json(&body)
-            .send();
-        let resp = match call.await {
-            Err(_) => return Outcome::Unknown,
-            Ok(r) => r,
-        };
-        let status = resp.status().as_u16();
-        let body: serde_json::Value = match resp.json().await {
-            Ok(b) => b,
-            Err(_) => return Outcome::Unknown,
-        };
-        match (status, op) {
-            (200, Op::Get) => Outcome::Ok(Output::Value(Some(
-                serde_json::to_vec(&body["val"]).expect("json"),
-            ))),
-            (200, _) => Outcome::Ok(Output::Done),
-            (404, Op::Get) => Outcome::Ok(Output::Value(None)),
-            (400 | 413, _) => Outcome::Fail,
-            _ => Outcome::Unknown,
-        }
+        http_call(&base, key, op, self.timeout).await
     }
 }
 
-/// Reads every key through the leader after the faults are healed, as
-/// final observations in the history (retrying until a read answers).
+/// One operation through the admin's HTTP API at `base`.
+async fn http_call(base: &str, key: &str, op: &Op, timeout: Duration) -> Outcome {
+    let (path, body) = match op {
+        Op::Set(v) => {
+            let val: serde_json::Value = serde_json::from_slice(v).expect("json value");
+            ("/put", json!({"key": key, "val": val}))
+        }
+        Op::Get => ("/get", json!({"key": key})),
+        Op::Delete => ("/delete", json!({"key": key})),
+        _ => return Outcome::Fail,
+    };
+    let call = http_client()
+        .post(format!("http://{base}{path}"))
+        .timeout(timeout)
+        .json(&body)
+        .send();
+    let resp = match call.await {
+        // Nothing was sent (the admin is down): no effect. Pause a little
+        // rather than spin on a closed port.
+        Err(e) if e.is_connect() => {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Outcome::Fail;
+        }
+        Err(_) => return Outcome::Unknown,
+        Ok(r) => r,
+    };
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = match resp.json().await {
+        Ok(b) => b,
+        Err(_) => return Outcome::Unknown,
+    };
+    match (status, op) {
+        (200, Op::Get) => Outcome::Ok(Output::Value(Some(
+            serde_json::to_vec(&body["val"]).expect("json"),
+        ))),
+        (200, _) => Outcome::Ok(Output::Done),
+        (404, Op::Get) => Outcome::Ok(Output::Value(None)),
+        (400 | 413, _) => Outcome::Fail,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// Where final reads go.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadVia<'a> {
+    /// A node's gRPC `Run` (the leader: a follower would forward).
+    Node(&'a str),
+    /// The admin's HTTP API (keys of several clusters).
+    Http(&'a str),
+}
+
+/// Reads every key after the faults are healed, as final observations in
+/// the history (retrying until a read answers).
 pub async fn final_reads(
     history: &History,
-    leader_addr: &str,
+    via: ReadVia<'_>,
     keys: &[String],
     client: usize,
     deadline: Duration,
@@ -347,16 +367,21 @@ pub async fn final_reads(
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let pending = history.invoke(client, key, Op::Get);
-            let mut req = tonic::Request::new(Command {
-                operation: ops::GET.into(),
-                key: key.as_bytes().to_vec(),
-                value: Vec::new(),
-            });
-            req.set_timeout(Duration::from_secs(3));
-            let outcome = match node_client(leader_addr).run(req).await {
-                Ok(r) => Outcome::Ok(Output::Value(Some(r.into_inner().data))),
-                Err(s) if s.code() == Code::NotFound => Outcome::Ok(Output::Value(None)),
-                Err(_) => Outcome::Unknown,
+            let outcome = match via {
+                ReadVia::Http(base) => http_call(base, key, &Op::Get, Duration::from_secs(3)).await,
+                ReadVia::Node(addr) => {
+                    let mut req = tonic::Request::new(Command {
+                        operation: ops::GET.into(),
+                        key: key.as_bytes().to_vec(),
+                        value: Vec::new(),
+                    });
+                    req.set_timeout(Duration::from_secs(3));
+                    match node_client(addr).run(req).await {
+                        Ok(r) => Outcome::Ok(Output::Value(Some(r.into_inner().data))),
+                        Err(s) if s.code() == Code::NotFound => Outcome::Ok(Output::Value(None)),
+                        Err(_) => Outcome::Unknown,
+                    }
+                }
             };
             let done = matches!(outcome, Outcome::Ok(_));
             history.complete(pending, outcome);

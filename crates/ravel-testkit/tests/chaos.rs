@@ -29,30 +29,11 @@ use ravel_testkit::history::{History, Outcome};
 use ravel_testkit::linearizability::{check, KeyVerdict};
 use ravel_testkit::nemesis::{Fault, Nemesis, Schedule};
 use ravel_testkit::process::{new_channel, node_client, ProcSettings, ProcSystem};
-use ravel_testkit::workload::{final_reads, Targets, Workload, WorkloadConfig};
+use ravel_testkit::workload::{final_reads, ReadVia, Targets, Workload, WorkloadConfig};
 
 /// A node that answers no Raft RPC for this long while it should (running,
 /// not paused) is reported: a few election timeouts at the defaults.
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(3);
-
-fn seeds() -> Vec<u64> {
-    if let Ok(s) = std::env::var("RAVEL_CHAOS_SEED") {
-        return vec![s.parse().expect("RAVEL_CHAOS_SEED is a number")];
-    }
-    let spec = std::env::var("RAVEL_CHAOS_SEEDS").unwrap_or_else(|_| "20".into());
-    if let Some((a, b)) = spec.split_once("..") {
-        let (a, b): (u64, u64) = (
-            a.parse().expect("range start"),
-            b.parse().expect("range end"),
-        );
-        return (a..b).collect();
-    }
-    let n: u64 = spec
-        .parse()
-        .expect("RAVEL_CHAOS_SEEDS is a count or a range a..b");
-    let base = rand::random::<u32>() as u64 * 1000;
-    (base..base + n).collect()
-}
 
 fn faults_per_seed() -> usize {
     std::env::var("RAVEL_CHAOS_FAULTS")
@@ -295,7 +276,7 @@ async fn run_seed(seed: u64, faults: usize) -> SeedReport {
     let mut violations: Vec<String> = findings.lock().unwrap().clone();
     if let Err(e) = final_reads(
         &history,
-        &sys.nodes[leader].addr,
+        ReadVia::Node(&sys.nodes[leader].addr),
         &cfg.keys,
         cfg.clients,
         Duration::from_secs(20),
@@ -354,7 +335,7 @@ async fn run_seed(seed: u64, faults: usize) -> SeedReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos() {
-    let seeds = seeds();
+    let seeds = ravel_testkit::nemesis::seeds("RAVEL_CHAOS_SEED", "RAVEL_CHAOS_SEEDS", 20);
     let per_seed = faults_per_seed();
     println!(
         "chaos: {} seeds ({}..={}), {per_seed} faults each; replay one with RAVEL_CHAOS_SEED=N",

@@ -49,7 +49,19 @@ pub fn is_broken_call(status: &tonic::Status) -> bool {
 
 impl TransportError {
     /// Classifies a tonic status from `addr`.
+    /// A call that broke off (the peer died or restarted mid-call) is
+    /// unavailability, so callers retry it as they retry a refused
+    /// connection: every call through here is idempotent (membership and
+    /// registry calls; writes carry their request id). `ravel-node kill`
+    /// failed outright when the admin was restarted during its
+    /// `LeaveCluster`.
     pub fn from_status(addr: &str, status: tonic::Status) -> Self {
+        if is_broken_call(&status) {
+            return TransportError::Unavailable {
+                addr: addr.to_string(),
+                message: format!("the call broke off: {}", status.message()),
+            };
+        }
         match status.code() {
             tonic::Code::Unavailable => TransportError::Unavailable {
                 addr: addr.to_string(),
@@ -83,5 +95,22 @@ impl TransportError {
             TransportError::Status { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_call_is_retried_and_a_refusal_is_not() {
+        let broken = tonic::Status::unknown("transport error");
+        assert!(TransportError::from_status("a:1", broken).is_retryable());
+        let cancelled = tonic::Status::cancelled("h2 stream reset");
+        assert!(TransportError::from_status("a:1", cancelled).is_retryable());
+        let refused = tonic::Status::invalid_argument("bad node id");
+        assert!(!TransportError::from_status("a:1", refused).is_retryable());
+        let other = tonic::Status::unknown("duplicate join");
+        assert!(!TransportError::from_status("a:1", other).is_retryable());
     }
 }
