@@ -11,8 +11,102 @@
 //! marked draining, and the planner never plans an empty ring.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ravel_proto::ext::StatusRequest;
+use ravel_proto::node::ravel_node_client::RavelNodeClient;
+use ravel_proto::node::Node;
+use tokio::time::Instant;
+use tonic::Status;
 
 use crate::registry::RegistryState;
+use crate::router::{CallError, Router};
+use crate::service::persist_status;
+use crate::state::AdminState;
+
+/// Longest wait for a cluster's voters during `LeaveCluster`.
+const VOTERS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the Raft `Leave` of an admin-driven removal (the
+/// cluster may have to elect a leader first).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl AdminState {
+    /// The Raft voters of `cluster` (node ids), as its leader reports them.
+    async fn voters(&self, cluster: &str) -> Result<BTreeSet<String>, Status> {
+        let deadline = Instant::now() + VOTERS_TIMEOUT;
+        let status = self
+            .router
+            .call(cluster, deadline, |ch, remaining| async move {
+                let mut req = tonic::Request::new(StatusRequest {});
+                req.set_timeout(remaining);
+                Router::ext(ch).status(req).await.map(|r| r.into_inner())
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot tell whether {cluster} keeps a serving replica (asking its leader for its voters: {e:?}); try again"
+                ))
+            })?;
+        Ok(status
+            .voters
+            .iter()
+            .filter_map(|v| v.split_once('=').map(|(id, _)| id.to_string()))
+            .collect())
+    }
+
+    /// `LeaveCluster` for replica `node_id`: decided on the cluster's Raft
+    /// voters when it holds keys, and applied in the same registry update
+    /// as the decision.
+    pub async fn depart(&self, node_id: &str) -> Result<Departure, Status> {
+        let depart = |voters: Option<BTreeSet<String>>| async move {
+            self.registry
+                .update(|s| s.depart(node_id, voters.as_ref()))
+                .await
+                .map_err(persist_status)
+        };
+        match depart(None).await? {
+            Departure::NeedVoters { cluster } => depart(Some(self.voters(&cluster).await?)).await,
+            d => Ok(d),
+        }
+    }
+
+    /// `ravel member remove`: the admin takes replica `node_id` out of its
+    /// cluster's Raft group (a `Leave` through the cluster's leader), then
+    /// out of the registry, as the replica's own `kill` would: for a host
+    /// that is gone with its disk. Idempotent: a replica already out of
+    /// Raft leaves the registry; one that is not registered is `Unknown`.
+    pub async fn remove_member(&self, node_id: &str) -> Result<Departure, Status> {
+        let state = self.registry.snapshot();
+        let Some((cluster, member)) = state
+            .clusters
+            .values()
+            .find_map(|c| c.members.get(node_id).map(|m| (c.id.clone(), m.clone())))
+        else {
+            return Ok(Departure::Unknown);
+        };
+        let node = Node {
+            node_id: node_id.to_string(),
+            grpc_address: member.grpc_address.clone(),
+            raft_address: member.raft_address.clone(),
+            cluster_id: cluster.clone(),
+        };
+        self.router
+            .call(&cluster, Instant::now() + LEAVE_TIMEOUT, |ch, remaining| {
+                let mut req = tonic::Request::new(node.clone());
+                req.set_timeout(remaining);
+                async move { RavelNodeClient::new(ch).leave(req).await.map(|_| ()) }
+            })
+            .await
+            .map_err(|e| match e {
+                CallError::Unavailable(m) => Status::unavailable(format!(
+                    "cannot take {node_id} out of {cluster}'s Raft group: {m}"
+                )),
+                CallError::Status(s) => s,
+            })?;
+        tracing::info!(node = node_id, %cluster, "replica removed from its Raft group by the admin");
+        self.depart(node_id).await
+    }
+}
 
 /// What a replica's `LeaveCluster` did.
 #[derive(Debug, Clone, PartialEq, Eq)]

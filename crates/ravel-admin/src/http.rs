@@ -4,7 +4,9 @@
 //! `/put` `{"key", "val"|"value"}`, `/get` `{"key"}`, `/delete` `{"key"}`.
 //! Clean endpoints: `PUT`/`GET`/`DELETE /v1/kv/{key}` (the body of a `PUT`
 //! is the JSON value) and `GET /v1/cluster`; `GET /healthz` (process up) and
-//! `GET /readyz` (a cluster serves keys) for orchestrators.
+//! `GET /readyz` (a cluster serves keys) for orchestrators. Operations:
+//! `DELETE /v1/members/{node_id}` takes a replica out of its cluster's Raft
+//! group and the registry (a host gone with its disk).
 //!
 //! Values keep their JSON type: the admin stores the JSON text itself.
 //! Errors are `{"error": "..."}` with 400 (bad JSON, missing key), 404
@@ -58,6 +60,10 @@ pub fn router(state: Arc<AdminState>) -> HttpRouter {
         .route("/delete", post(delete_compat))
         .route("/v1/kv/{key}", get(get_v1).put(put_v1).delete(delete_v1))
         .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/members/{node_id}",
+            axum::routing::delete(remove_member),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -196,6 +202,45 @@ async fn delete_v1(
 ) -> Result<Json<Value>, ApiError> {
     s.delete_json(&key).await?;
     Ok(ok())
+}
+
+/// `DELETE /v1/members/{node_id}`: 200 once the replica is out of Raft
+/// and the registry; 404 if it is not registered; 503 while its cluster
+/// moves its keys away (it was the last voter: call again) or when its
+/// cluster cannot be reached; 409 for the last voter of the only cluster.
+async fn remove_member(
+    State(s): State<Arc<AdminState>>,
+    Path(node_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::departure::Departure;
+    let status_err = |st: tonic::Status| {
+        let code = match st.code() {
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, st.message().to_string())
+    };
+    match s.remove_member(&node_id).await.map_err(status_err)? {
+        Departure::Removed { cluster } => Ok(Json(
+            json!({ "removed": node_id, "cluster_id": cluster }),
+        )),
+        Departure::Unknown => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no replica {node_id} is registered"),
+        )),
+        Departure::Draining { cluster } | Departure::NeedVoters { cluster } => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{node_id} is the last voter of {cluster}, which is moving its keys to the other clusters; call again"),
+        )),
+        Departure::OnlyCluster { cluster } => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{node_id} is the last voter of {cluster}, the only cluster serving keys; it cannot go without losing them"),
+        )),
+    }
 }
 
 /// The admin process is up.

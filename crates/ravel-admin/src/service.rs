@@ -2,21 +2,15 @@
 //! leadership reports and departures (wire-protocol.md §2). The policy is
 //! `RegistryState`'s; this file translates between it and gRPC.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ravel_proto::admin::ravel_cluster_admin_server::RavelClusterAdmin;
 use ravel_proto::admin::{Cluster, Node, Response as AdminResponse};
 use tonic::{Request, Response, Status};
 
-use ravel_proto::ext::StatusRequest;
-use tokio::time::Instant;
-
 use crate::departure::Departure;
 use crate::registration::RegisterError;
 use crate::registry::{ClusterInfo, Member, RegistryError};
-use crate::router::Router;
 use crate::state::AdminState;
 
 #[derive(Clone)]
@@ -28,36 +22,9 @@ impl AdminService {
     pub fn new(admin: Arc<AdminState>) -> Self {
         Self { admin }
     }
-
-    /// The Raft voters of `cluster` (node ids), as its leader reports them.
-    async fn voters(&self, cluster: &str) -> Result<BTreeSet<String>, Status> {
-        let deadline = Instant::now() + VOTERS_TIMEOUT;
-        let status = self
-            .admin
-            .router
-            .call(cluster, deadline, |ch, remaining| async move {
-                let mut req = tonic::Request::new(StatusRequest {});
-                req.set_timeout(remaining);
-                Router::ext(ch).status(req).await.map(|r| r.into_inner())
-            })
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "cannot tell whether {cluster} keeps a serving replica (asking its leader for its voters: {e:?}); try again"
-                ))
-            })?;
-        Ok(status
-            .voters
-            .iter()
-            .filter_map(|v| v.split_once('=').map(|(id, _)| id.to_string()))
-            .collect())
-    }
 }
 
-/// Longest wait for a cluster's voters during `LeaveCluster`.
-const VOTERS_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn persist_status(e: RegistryError) -> Status {
+pub(crate) fn persist_status(e: RegistryError) -> Status {
     Status::internal(format!("could not persist the admin state: {e}"))
 }
 
@@ -168,23 +135,7 @@ impl RavelClusterAdmin for AdminService {
         if node.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id must not be empty"));
         }
-        // Decided on the cluster's Raft voters when it holds keys, and
-        // applied in the same registry update as the decision.
-        let depart = |voters: Option<BTreeSet<String>>| {
-            let id = node.node_id.clone();
-            async move {
-                self.admin
-                    .registry
-                    .update(|s| s.depart(&id, voters.as_ref()))
-                    .await
-                    .map_err(persist_status)
-            }
-        };
-        let decision = match depart(None).await? {
-            Departure::NeedVoters { cluster } => depart(Some(self.voters(&cluster).await?)).await?,
-            d => d,
-        };
-        match decision {
+        match self.admin.depart(&node.node_id).await? {
             // Not registered (any more): leaving is idempotent.
             Departure::Unknown | Departure::Removed { .. } => Ok(ok()),
             Departure::NeedVoters { cluster } => Err(Status::internal(format!(

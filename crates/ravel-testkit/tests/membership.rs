@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ravel_node::identity::Identity;
 use ravel_testkit::{wait_for, TestSystem};
+use serde_json::json;
 
 fn voters(sys: &TestSystem, i: usize) -> BTreeSet<u64> {
     sys.nodes[i]
@@ -255,5 +256,73 @@ async fn kill_gives_up_at_its_timeout_and_keeps_the_data() {
     // Its own deadline, not the 5 s of one admin call (slack for a loaded machine).
     assert!(took < Duration::from_secs(4), "kill took {took:?}");
     assert!(dir.join("identity.json").exists(), "kill deleted data");
+    sys.shutdown().await;
+}
+
+async fn put(sys: &TestSystem, k: &str) -> u16 {
+    sys.http("POST", "/put", Some(json!({"key": k, "val": k})))
+        .await
+        .status
+}
+
+/// `ravel member remove` (`DELETE /v1/members/{id}`): the admin drives
+/// `Leave` and then `LeaveCluster` for a host that is gone with its disk,
+/// and for a live leader; each ends with a Raft configuration and a
+/// registry that agree, and the cluster serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_removes_a_dead_host_and_the_leader() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.nodes[0].cluster_id.clone();
+    assert_eq!(put(&sys, "before").await, 200);
+    let registered = |sys: &TestSystem| -> BTreeSet<u64> {
+        sys.admin().registry().snapshot().clusters[&cluster]
+            .members
+            .keys()
+            .map(|k| k.parse().unwrap())
+            .collect()
+    };
+
+    // A follower's host dies with its disk.
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let dead = sys.other_member(&cluster, leader);
+    let dead_id = sys.nodes[dead].id;
+    sys.crash(dead).await;
+    std::fs::remove_dir_all(&sys.nodes[dead].config.data_dir).unwrap();
+    let r = sys
+        .http("DELETE", &format!("/v1/members/{dead_id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(!voters(&sys, leader).contains(&dead_id));
+    assert!(!registered(&sys).contains(&dead_id));
+    assert_eq!(put(&sys, "after-dead-host").await, 200);
+    // Again: it is gone.
+    let r = sys
+        .http("DELETE", &format!("/v1/members/{dead_id}"), None)
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+
+    // A third replica joins; then the live leader is removed and one of
+    // the other two takes over.
+    let third = sys.add_node(false).await;
+    assert_eq!(sys.nodes[third].cluster_id, cluster);
+    let leader_id = sys.nodes[leader].id;
+    let r = sys
+        .http("DELETE", &format!("/v1/members/{leader_id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let new_leader = wait_for(Duration::from_secs(15), "a new leader", || {
+        let l = (0..sys.nodes.len()).find(|&i| {
+            i != leader
+                && sys.nodes[i].is_running()
+                && sys.nodes[i].node().raft().metrics().borrow().state
+                    == openraft::ServerState::Leader
+        });
+        async move { l }
+    })
+    .await;
+    assert!(!voters(&sys, new_leader).contains(&leader_id));
+    assert!(!registered(&sys).contains(&leader_id));
+    assert_eq!(voters(&sys, new_leader), registered(&sys));
+    assert_eq!(put(&sys, "after-leader").await, 200);
     sys.shutdown().await;
 }

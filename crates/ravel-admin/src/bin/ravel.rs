@@ -42,6 +42,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replicas: `ravel member remove NODE_ID`.
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Take replica NODE_ID out of its cluster's Raft group and the
+    /// registry, for a host that is gone with its disk (a live replica
+    /// leaves with `ravel-node kill`). Waits, up to --timeout-secs, while
+    /// the last replica's cluster moves its keys away.
+    Remove {
+        node_id: String,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -142,6 +160,13 @@ async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Cmd::Status { .. } => call(&cli.admin, Method::GET, "/v1/cluster", None).await,
+        Cmd::Member {
+            cmd:
+                MemberCmd::Remove {
+                    node_id,
+                    timeout_secs,
+                },
+        } => remove_member(&cli.admin, node_id, Duration::from_secs(*timeout_secs)).await,
     };
     let r = match result {
         Ok(r) => r,
@@ -155,6 +180,11 @@ async fn run(cli: Cli) -> ExitCode {
     }
     match cli.cmd {
         Cmd::Put { .. } | Cmd::Delete { .. } => println!("ok"),
+        Cmd::Member { .. } => println!(
+            "removed {} from {}",
+            r.body["removed"].as_str().unwrap_or("?"),
+            r.body["cluster_id"].as_str().unwrap_or("?")
+        ),
         Cmd::Get { .. } => println!("{}", r.body["val"]),
         Cmd::Status { json: true } => println!(
             "{}",
@@ -163,6 +193,32 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Status { json: false } => print_status(&r.body),
     }
     ExitCode::SUCCESS
+}
+
+/// `DELETE /v1/members/{id}`, again while the admin answers 503 (the
+/// cluster moves its keys away, or has no leader yet), until `timeout`.
+async fn remove_member(
+    admin: &str,
+    node_id: &str,
+    timeout: Duration,
+) -> Result<JsonResponse, String> {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        let r = call(
+            admin,
+            Method::DELETE,
+            &format!("/v1/members/{node_id}"),
+            None,
+        )
+        .await?;
+        if r.status != 503 || tokio::time::Instant::now() >= until {
+            return Ok(r);
+        }
+        if let Some(m) = r.body.get("error").and_then(Value::as_str) {
+            eprintln!("ravel: {m}; retrying");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn print_status(s: &Value) {
