@@ -77,7 +77,11 @@ async fn the_admin_finds_the_new_leader_within_the_deadline() {
     let mut sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let r = sys
-        .http("POST", "/put", Some(serde_json::json!({"key": "k", "val": 1})))
+        .http(
+            "POST",
+            "/put",
+            Some(serde_json::json!({"key": "k", "val": 1})),
+        )
         .await;
     assert_eq!(r.status, 200);
     let old = sys.leader(&cluster, Duration::from_secs(10)).await;

@@ -326,3 +326,88 @@ async fn the_admin_removes_a_dead_host_and_the_leader() {
     assert_eq!(put(&sys, "after-leader").await, 200);
     sys.shutdown().await;
 }
+
+/// The registry's members of `cluster`, as node ids.
+fn registered(sys: &TestSystem, cluster: &str) -> BTreeSet<u64> {
+    sys.admin()
+        .registry()
+        .snapshot()
+        .clusters
+        .get(cluster)
+        .map(|c| c.members.keys().map(|k| k.parse().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+/// Two replicas of a three-replica cluster leave at the same time (two
+/// operators, or a script, running `kill`): both go, Raft keeps its last
+/// voter, and Raft and the registry agree on who is left. Then a `kill`
+/// whose `Leave` went through but whose `LeaveCluster` never ran (the
+/// admin was down) is run again: the second run finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_and_half_failed_kills_end_with_raft_and_registry_agreeing() {
+    let mut sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    assert_eq!(put(&sys, "before").await, 200);
+    // The leader and a follower leave at once.
+    let follower = sys.other_member(&cluster, leader);
+    let leaving = [leader, follower];
+    let kills: Vec<_> = leaving
+        .iter()
+        .map(|&i| {
+            let identity = Identity::load(&sys.nodes[i].config.data_dir)
+                .unwrap()
+                .unwrap();
+            tokio::spawn(async move {
+                ravel_node::kill::leave_cluster(
+                    &identity,
+                    tokio::time::Instant::now() + Duration::from_secs(30),
+                )
+                .await
+            })
+        })
+        .collect();
+    for k in kills {
+        k.await.unwrap().expect("concurrent leave");
+    }
+    for i in leaving {
+        sys.crash(i).await;
+    }
+    let left = (0..sys.nodes.len()).find(|i| !leaving.contains(i)).unwrap();
+    let new_leader = sys.leader(&cluster, Duration::from_secs(15)).await;
+    assert_eq!(new_leader, left);
+    assert_eq!(voters(&sys, left), BTreeSet::from([sys.nodes[left].id]));
+    assert_eq!(registered(&sys, &cluster), voters(&sys, left));
+    assert_eq!(put(&sys, "after-concurrent").await, 200);
+
+    // Grow again, then a kill that stops half way: the Raft `Leave` is
+    // done, the admin never heard of it.
+    let joined = sys.add_node(false).await;
+    let joined_id = sys.nodes[joined].id;
+    let dir = sys.nodes[joined].config.data_dir.clone();
+    let identity = Identity::load(&dir).unwrap().unwrap();
+    sys.stop_admin().await;
+    let mut c = sys.client(left).await;
+    c.leave(ravel_proto::node::Node {
+        node_id: joined_id.to_string(),
+        grpc_address: sys.nodes[joined].addr.clone(),
+        raft_address: sys.nodes[joined].addr.clone(),
+        cluster_id: cluster.clone(),
+    })
+    .await
+    .expect("Raft Leave");
+    sys.restart_admin().await;
+    assert!(!voters(&sys, left).contains(&joined_id));
+    assert!(registered(&sys, &cluster).contains(&joined_id));
+    // The second kill.
+    ravel_node::kill::leave_cluster(
+        &identity,
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    )
+    .await
+    .expect("second kill");
+    sys.crash(joined).await;
+    assert_eq!(registered(&sys, &cluster), voters(&sys, left));
+    assert_eq!(put(&sys, "after-half-failed").await, 200);
+    sys.shutdown().await;
+}
