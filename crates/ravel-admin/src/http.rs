@@ -66,6 +66,11 @@ pub fn router(state: Arc<AdminState>) -> HttpRouter {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -241,6 +246,14 @@ async fn remove_member(
             format!("{node_id} is the last voter of {cluster}, the only cluster serving keys; it cannot go without losing them"),
         )),
     }
+}
+
+/// Prometheus metrics (text format).
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(&s.registry),
+    )
 }
 
 /// The admin process is up.

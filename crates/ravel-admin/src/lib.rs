@@ -21,6 +21,7 @@ pub mod departure;
 pub mod holds;
 mod http;
 mod kv;
+pub mod metrics;
 pub mod registration;
 pub mod registry;
 mod relocation;

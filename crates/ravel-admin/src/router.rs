@@ -62,6 +62,8 @@ pub struct Router {
     ring: HashRing,
     /// Partition owners, rebuilt when the ring's generation changes.
     table: Mutex<Arc<Table>>,
+    /// Calls by cluster and outcome.
+    metrics: Arc<crate::metrics::AdminMetrics>,
 }
 
 /// A cluster could not be reached within the deadline, or answered with a
@@ -75,8 +77,14 @@ pub enum CallError {
 }
 
 impl Router {
-    pub fn new(registry: Arc<Registry>, pool: ChannelPool, ring: HashRing) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        pool: ChannelPool,
+        ring: HashRing,
+        metrics: Arc<crate::metrics::AdminMetrics>,
+    ) -> Self {
         Self {
+            metrics,
             registry,
             pool,
             ring,
@@ -190,6 +198,26 @@ impl Router {
     /// the leader a node names, or asking the replicas); other statuses are
     /// final.
     pub async fn call<T, F, Fut>(
+        &self,
+        cluster: &str,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let r = self.call_leader(cluster, deadline, f).await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(CallError::Status(_)) => "status",
+            Err(CallError::Unavailable(_)) => "unavailable",
+        };
+        self.metrics.cluster_call(cluster, outcome);
+        r
+    }
+
+    async fn call_leader<T, F, Fut>(
         &self,
         cluster: &str,
         deadline: Instant,

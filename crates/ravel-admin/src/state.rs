@@ -42,11 +42,14 @@ pub struct AdminState {
     pub limits: Limits,
     /// Test hold points of the mover (none armed in production).
     pub holds: crate::holds::Holds,
+    /// Served at `/metrics` on the HTTP port.
+    pub metrics: Arc<crate::metrics::AdminMetrics>,
 }
 
 impl AdminState {
     pub fn new(registry: Registry, cfg: &AdminConfig) -> Self {
         let registry = Arc::new(registry);
+        let router_metrics = Arc::new(crate::metrics::AdminMetrics::new());
         Self {
             router: Router::new(
                 registry.clone(),
@@ -55,6 +58,7 @@ impl AdminState {
                     ..Default::default()
                 }),
                 cfg.ring,
+                router_metrics.clone(),
             ),
             registry,
             gate: RwLock::new(()),
@@ -66,6 +70,7 @@ impl AdminState {
                 request_timeout: cfg.request_timeout(),
             },
             holds: Default::default(),
+            metrics: router_metrics,
         }
     }
 }

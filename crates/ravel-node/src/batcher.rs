@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::contact::QuorumContact;
+use crate::metrics::NodeMetrics;
 
 /// Why a write did not (knowingly) happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -100,7 +101,12 @@ struct Policy {
 
 impl WriteBatcher {
     /// Starts the batching task. It ends when every handle is dropped.
-    pub fn spawn(raft: Raft, limits: &Limits, contact: QuorumContact) -> Self {
+    pub fn spawn(
+        raft: Raft,
+        limits: &Limits,
+        contact: QuorumContact,
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(limits.max_in_flight_requests.max(1));
         let policy = Policy {
             max_commands: limits.batch_max_commands.max(1),
@@ -108,7 +114,7 @@ impl WriteBatcher {
             max_in_flight: limits.max_proposals_in_flight.max(1),
             deadline: limits.request_timeout(),
         };
-        tokio::spawn(run(raft, rx, policy, contact));
+        tokio::spawn(run(raft, rx, policy, contact, metrics));
         Self { tx }
     }
 
@@ -127,7 +133,13 @@ impl WriteBatcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, policy: Policy, contact: QuorumContact) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    policy: Policy,
+    contact: QuorumContact,
+    metrics: Arc<NodeMetrics>,
+) {
     let slots = Arc::new(Semaphore::new(policy.max_in_flight));
     loop {
         // A slot first: what queues while we wait for one joins this batch.
@@ -161,6 +173,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, policy: Policy, contac
             policy.deadline,
             contact.clone(),
             slot,
+            metrics.clone(),
         ));
     }
 }
@@ -182,7 +195,9 @@ async fn propose(
     deadline: Duration,
     contact: QuorumContact,
     _slot: OwnedSemaphorePermit,
+    metrics: Arc<NodeMetrics>,
 ) {
+    let started = Instant::now();
     let (cmds, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let n = cmds.len();
@@ -203,6 +218,7 @@ async fn propose(
         _ = deposed(&raft, term) => Err(WriteError::NotLeader { leader: None }),
         _ = contact.lost(&raft) => Err(WriteError::NotLeader { leader: None }),
     };
+    metrics.proposal_done(n, started.elapsed());
     let results: Vec<Result<CommandResult, WriteError>> = match outcome {
         Ok(resp) => match (n, resp.data) {
             (1, result) => vec![Ok(result)],

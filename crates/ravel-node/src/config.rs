@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// that give every process its own loopback IP.
     #[serde(default)]
     pub source_ip: Option<IpAddr>,
+    /// Serve Prometheus metrics, `/healthz` and `/readyz` over HTTP on this
+    /// address; off unless set.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -206,6 +210,9 @@ impl NodeConfig {
             check_advertisable("raft_addr", a)?;
         }
         check_addr("admin_addr", &self.admin_addr)?;
+        if let Some(a) = &self.metrics_addr {
+            check_addr("metrics_addr", a)?;
+        }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
             return invalid("raft.heartbeat_interval_ms", "must be > 0");
@@ -333,6 +340,7 @@ const ENV_KEYS: &[&str] = &[
     "found_cluster",
     "log_format",
     "source_ip",
+    "metrics_addr",
     "raft",
     "snapshot",
     "limits",

@@ -21,6 +21,7 @@ pub mod config;
 mod contact;
 pub mod identity;
 pub mod kill;
+mod metrics;
 mod node;
 mod notifier;
 mod raft;

@@ -12,6 +12,8 @@
 //! - [`lock`]: an exclusive lock on a directory that names the process
 //!   holding it;
 //! - [`logging`]: the tracing subscriber (`text` or `json`, `RAVEL_LOG`);
+//! - [`metrics`]: Prometheus registration helpers, the text encoder, and
+//!   the `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`signal`]: waiting for SIGTERM or SIGINT.
 //!
 //! Nothing here knows about Raft, RocksDB or gRPC.
@@ -20,4 +22,5 @@ pub mod config;
 pub mod durable;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod signal;

@@ -229,6 +229,8 @@ impl TestSystem {
             limits: self.settings.limits.clone(),
             log_format: Default::default(),
             source_ip: None,
+            // Every test node serves metrics (on a port of its own).
+            metrics_addr: Some("127.0.0.1:0".into()),
         };
         config.validate().expect("valid test config");
         let node = Node::start(

@@ -86,6 +86,8 @@ pub struct Node {
     cluster_id: String,
     /// The gRPC address other processes reach this node at.
     addr: String,
+    /// Where metrics are served (`metrics_addr`, as bound), if anywhere.
+    metrics_addr: Option<String>,
     /// Handle to the Raft core; clones share it.
     raft: Raft,
     /// The database (shared with the log store and state machine), for
@@ -175,6 +177,24 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+        let metrics = crate::metrics::NodeMetrics::new(raft.clone(), id);
+        let metrics_listener = match &cfg.metrics_addr {
+            None => None,
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| NodeError::Bind {
+                            addr: addr.clone(),
+                            source,
+                        })?,
+                )
+            }
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string());
         let contact = crate::contact::QuorumContact::new(Duration::from_millis(
             cfg.raft.election_timeout_max_ms,
         ));
@@ -184,7 +204,13 @@ impl Node {
             advertised: bound.advertised.clone(),
             raft: raft.clone(),
             engine: engine.clone(),
-            batcher: WriteBatcher::spawn(raft.clone(), &cfg.limits, contact.clone()),
+            batcher: WriteBatcher::spawn(
+                raft.clone(),
+                &cfg.limits,
+                contact.clone(),
+                metrics.clone(),
+            ),
+            metrics: metrics.clone(),
             contact,
             pool: pool.clone(),
             faults: opts.faults.clone(),
@@ -192,7 +218,7 @@ impl Node {
             limits: cfg.limits.clone(),
             join_timeout: Duration::from_millis(cfg.raft.join_timeout_ms),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(service::serve(
                 bound.listener,
                 state,
@@ -213,8 +239,17 @@ impl Node {
                 shutdown.clone(),
             )),
         ];
+        if let Some(listener) = metrics_listener {
+            tracing::info!(addr = ?metrics_addr, "serving metrics");
+            tasks.push(tokio::spawn(ravel_runtime::metrics::serve(
+                listener,
+                metrics,
+                shutdown.clone().cancelled_owned(),
+            )));
+        }
         let node = Node {
             id,
+            metrics_addr,
             cluster_id: cluster_id.clone(),
             addr: bound.advertised,
             raft,
@@ -261,6 +296,12 @@ impl Node {
     /// The gRPC address this node serves on.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on, if
+    /// `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.metrics_addr.as_deref()
     }
 
     pub fn raft(&self) -> &Raft {

@@ -71,6 +71,8 @@ pub struct NodeState {
     pub limits: Limits,
     /// Longest a `Join` waits for the new replica to catch up.
     pub join_timeout: Duration,
+    /// Request, proposal and Raft metrics.
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl NodeState {

@@ -44,11 +44,14 @@ pub(super) async fn run(
     let (id, _ticket) = s.request_id(&request)?;
     let epoch = s.ring_epoch(&request)?;
     let cmd = request.into_inner();
+    let op = cmd.operation.clone();
     let span = tracing::debug_span!("run", op = %cmd.operation, key_len = cmd.key.len(), forwarded);
     let started = Instant::now();
     let result = serve(s, cmd, id, epoch, forwarded, deadline)
         .instrument(span.clone())
         .await;
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, |e| e.code());
+    s.metrics.run_done(&op, code, started.elapsed());
     span.in_scope(|| {
         tracing::debug!(
             took_ms = started.elapsed().as_millis() as u64,

@@ -1,0 +1,152 @@
+//! The node's metrics (Prometheus, served on `metrics_addr` when set; see
+//! `ravel_runtime::metrics`). Raft's own numbers (term, role, indexes,
+//! follower lag) are read from openraft's metrics at each scrape; requests,
+//! batches and proposals are counted where they happen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
+use ravel_consensus::types::{NodeId, Raft};
+use ravel_proto::ops;
+use ravel_runtime::metrics::{self as m, Exposition, LATENCY_BUCKETS};
+
+pub struct NodeMetrics {
+    registry: Registry,
+    raft: Raft,
+    node_id: NodeId,
+    term: IntGauge,
+    state: IntGaugeVec,
+    last_log_index: IntGauge,
+    applied_index: IntGauge,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    follower_lag: IntGaugeVec,
+    leader_changes: IntCounter,
+    run_requests: IntCounterVec,
+    run_seconds: HistogramVec,
+    batch_commands: Histogram,
+    proposal_seconds: Histogram,
+}
+
+const STATES: [(&str, ServerState); 4] = [
+    ("leader", ServerState::Leader),
+    ("follower", ServerState::Follower),
+    ("candidate", ServerState::Candidate),
+    ("learner", ServerState::Learner),
+];
+
+impl NodeMetrics {
+    pub fn new(raft: Raft, node_id: NodeId) -> Arc<Self> {
+        let r = Registry::new();
+        let metrics = Arc::new(Self {
+            term: m::gauge(&r, "ravel_raft_term", "Current Raft term."),
+            state: m::gauge_vec(&r, "ravel_raft_state", "1 for this replica's Raft role.", &["state"]),
+            last_log_index: m::gauge(&r, "ravel_raft_last_log_index", "Index of the last entry in the log."),
+            applied_index: m::gauge(&r, "ravel_raft_applied_index", "Index of the last entry applied to the state machine."),
+            snapshot_index: m::gauge(&r, "ravel_raft_snapshot_index", "Last index covered by the newest snapshot."),
+            purged_index: m::gauge(&r, "ravel_raft_purged_index", "Last log index purged (covered by a snapshot)."),
+            follower_lag: m::gauge_vec(&r, "ravel_raft_follower_lag_entries", "On the leader: entries each follower lacks (last log index minus its matched index).", &["follower"]),
+            leader_changes: m::counter(&r, "ravel_raft_leader_changes_total", "Times this replica saw the cluster's leader change."),
+            run_requests: m::counter_vec(&r, "ravel_run_requests_total", "Run requests answered, by operation and gRPC code.", &["op", "code"]),
+            run_seconds: m::histogram_vec(&r, "ravel_run_duration_seconds", "Time to answer a Run request, by operation.", &["op"], LATENCY_BUCKETS),
+            batch_commands: m::histogram(&r, "ravel_proposal_commands", "Client commands per Raft proposal (write batching).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
+            registry: r,
+            raft,
+            node_id,
+        });
+        tokio::spawn(count_leader_changes(Arc::downgrade(&metrics)));
+        metrics
+    }
+
+    /// One answered `Run`. The operation label is one of the four known
+    /// operations or `other` (a client's typo must not create a series).
+    pub fn run_done(&self, op: &str, code: tonic::Code, took: Duration) {
+        let op = match op {
+            ops::SET | ops::GET | ops::DELETE | ops::GET_AND_DELETE => op,
+            _ => "other",
+        };
+        let code = format!("{code:?}");
+        self.run_requests.with_label_values(&[op, &code]).inc();
+        self.run_seconds
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+    }
+
+    /// One proposal of `commands` client commands, answered after `took`.
+    pub fn proposal_done(&self, commands: usize, took: Duration) {
+        self.batch_commands.observe(commands as f64);
+        self.proposal_seconds.observe(took.as_secs_f64());
+    }
+
+    fn refresh(&self) {
+        let rm = self.raft.metrics().borrow().clone();
+        self.term.set(rm.current_term as i64);
+        for (name, s) in STATES {
+            self.state
+                .with_label_values(&[name])
+                .set(i64::from(rm.state == s));
+        }
+        let last = rm.last_log_index.unwrap_or(0);
+        self.last_log_index.set(last as i64);
+        self.applied_index
+            .set(rm.last_applied.map_or(0, |l| l.index) as i64);
+        self.snapshot_index
+            .set(rm.snapshot.map_or(0, |l| l.index) as i64);
+        self.purged_index
+            .set(rm.purged.map_or(0, |l| l.index) as i64);
+        self.follower_lag.reset();
+        if let Some(replication) = &rm.replication {
+            for (id, matched) in replication.iter().filter(|(id, _)| **id != self.node_id) {
+                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                self.follower_lag
+                    .with_label_values(&[&id.to_string()])
+                    .set(lag as i64);
+            }
+        }
+    }
+}
+
+impl Exposition for NodeMetrics {
+    fn render(&self) -> String {
+        self.refresh();
+        m::render(&self.registry)
+    }
+
+    /// Serving: Raft running, and a leader known (this replica or another).
+    fn ready(&self) -> Result<String, String> {
+        let rm = self.raft.metrics().borrow().clone();
+        if let Err(e) = &rm.running_state {
+            return Err(format!("Raft stopped: {e}"));
+        }
+        match rm.current_leader {
+            Some(l) if l == self.node_id && rm.state == ServerState::Leader => {
+                Ok("ready: leader".into())
+            }
+            Some(l) if l != self.node_id => Ok(format!("ready: leader is {l}")),
+            _ => Err("no leader known".into()),
+        }
+    }
+}
+
+/// Counts leader changes as this replica sees them; ends with the node.
+async fn count_leader_changes(metrics: std::sync::Weak<NodeMetrics>) {
+    let Some(mut rx) = metrics.upgrade().map(|m| m.raft.metrics()) else {
+        return;
+    };
+    let mut leader = rx.borrow().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow().current_leader;
+        if now != leader {
+            leader = now;
+            match metrics.upgrade() {
+                Some(m) => m.leader_changes.inc(),
+                None => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Metrics: nodes serve Prometheus text on their `metrics_addr` (with
+//! `/healthz` and `/readyz`), the admin on its HTTP port; a scrape of each
+//! parses and shows the work just done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ravel_testkit::TestSystem;
+use serde_json::json;
+
+/// `name{a="x",b="y"} value` lines → (name, sorted labels) → value.
+type Samples = BTreeMap<(String, BTreeSet<(String, String)>), f64>;
+
+fn parse(text: &str) -> Samples {
+    let mut out = Samples::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), BTreeSet::new()),
+            Some((name, rest)) => {
+                let labels = rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (k, v) = l.split_once('=').expect("label=value");
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels)
+            }
+        };
+        out.insert((name, labels), value);
+    }
+    out
+}
+
+fn get(s: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeSet<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s.get(&(name.to_string(), want)).copied()
+}
+
+async fn scrape(addr: &str, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_admin_serve_metrics_that_parse() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    for k in 0..20 {
+        let r = sys
+            .http(
+                "POST",
+                "/put",
+                Some(json!({"key": format!("k{k}"), "val": k})),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    for k in 0..5 {
+        let r = sys.http("GET", &format!("/v1/kv/k{k}"), None).await;
+        assert_eq!(r.status, 200);
+    }
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    // An unknown operation is counted as `other`, not as a new series.
+    let _ = sys.run(leader, "bogus", b"k0", b"").await;
+
+    let addr = sys.nodes[leader]
+        .node()
+        .metrics_addr()
+        .expect("metrics on")
+        .to_string();
+    let (status, text) = scrape(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let s = parse(&text);
+    assert!(get(&s, "ravel_raft_term", &[]).unwrap() >= 1.0, "{text}");
+    assert_eq!(
+        get(&s, "ravel_raft_state", &[("state", "leader")]),
+        Some(1.0)
+    );
+    assert!(get(&s, "ravel_raft_applied_index", &[]).unwrap() >= 20.0);
+    assert!(
+        get(
+            &s,
+            "ravel_run_requests_total",
+            &[("op", "set"), ("code", "Ok")]
+        )
+        .unwrap()
+            >= 20.0,
+        "{text}"
+    );
+    assert!(
+        get(
+            &s,
+            "ravel_run_requests_total",
+            &[("op", "get"), ("code", "Ok")]
+        )
+        .unwrap()
+            >= 5.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            "ravel_run_requests_total",
+            &[("op", "other"), ("code", "InvalidArgument")]
+        ),
+        Some(1.0)
+    );
+    assert!(get(&s, "ravel_run_duration_seconds_count", &[("op", "set")]).unwrap() >= 20.0);
+    assert!(get(&s, "ravel_proposal_commands_count", &[]).unwrap() >= 1.0);
+    assert!(
+        get(
+            &s,
+            "ravel_proposal_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let lags = s
+        .keys()
+        .filter(|(n, _)| n == "ravel_raft_follower_lag_entries")
+        .count();
+    assert_eq!(lags, 2, "one lag per follower: {text}");
+    assert!(get(&s, "ravel_raft_leader_changes_total", &[]).unwrap() >= 1.0);
+    let (status, body) = scrape(&addr, "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready: leader"));
+    assert_eq!(scrape(&addr, "/healthz").await.0, 200);
+
+    let follower = sys.other_member(&cluster, leader);
+    let faddr = sys.nodes[follower]
+        .node()
+        .metrics_addr()
+        .unwrap()
+        .to_string();
+    let f = parse(&scrape(&faddr, "/metrics").await.1);
+    assert_eq!(
+        get(&f, "ravel_raft_state", &[("state", "follower")]),
+        Some(1.0)
+    );
+    let (status, body) = scrape(&faddr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready: leader is "), "{body}");
+
+    let (status, text) = scrape(sys.http_addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    let a = parse(&text);
+    assert!(
+        get(
+            &a,
+            "ravel_admin_http_requests_total",
+            &[("route", "/put"), ("status", "200")]
+        )
+        .unwrap()
+            >= 20.0,
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            &a,
+            "ravel_admin_http_requests_total",
+            &[("route", "/v1/kv/{key}"), ("status", "200")]
+        ),
+        Some(5.0)
+    );
+    assert!(
+        get(
+            &a,
+            "ravel_admin_http_duration_seconds_count",
+            &[("route", "/put")]
+        )
+        .unwrap()
+            >= 20.0
+    );
+    assert!(
+        get(
+            &a,
+            "ravel_admin_cluster_calls_total",
+            &[("cluster", &cluster), ("outcome", "ok")]
+        )
+        .unwrap()
+            >= 25.0
+    );
+    assert_eq!(get(&a, "ravel_admin_ring_clusters", &[]), Some(1.0));
+    assert_eq!(
+        get(&a, "ravel_admin_relocation_in_progress", &[]),
+        Some(0.0)
+    );
+    sys.shutdown().await;
+}
