@@ -3,6 +3,7 @@
 //! forgets it and its data is deleted.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ravel_node::identity::Identity;
@@ -345,6 +346,17 @@ fn registered(sys: &TestSystem, cluster: &str) -> BTreeSet<u64> {
 /// admin was down) is run again: the second run finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_and_half_failed_kills_end_with_raft_and_registry_agreeing() {
+    // A panic inside a node's Raft core (a task, so the test would not see
+    // it otherwise) fails the test: openraft asserted "Only leader is
+    // allowed to call update_effective_membership()" in 4 runs of 18 when
+    // a second change reached a leader the first was removing.
+    let panics = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = panics.clone();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.lock().unwrap().push(info.to_string());
+        default(info);
+    }));
     let mut sys = TestSystem::start(1, 3).await;
     let cluster = sys.cluster_ids()[0].clone();
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
@@ -410,4 +422,6 @@ async fn concurrent_and_half_failed_kills_end_with_raft_and_registry_agreeing() 
     assert_eq!(registered(&sys, &cluster), voters(&sys, left));
     assert_eq!(put(&sys, "after-half-failed").await, 200);
     sys.shutdown().await;
+    let panics = panics.lock().unwrap().clone();
+    assert!(panics.is_empty(), "panics in node tasks: {panics:?}");
 }

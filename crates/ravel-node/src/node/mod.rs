@@ -178,6 +178,7 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let metrics = crate::metrics::NodeMetrics::new(raft.clone(), id);
+        let membership_lock = service::MembershipLock::default();
         let metrics_listener = match &cfg.metrics_addr {
             None => None,
             Some(addr) => {
@@ -211,6 +212,7 @@ impl Node {
                 metrics.clone(),
             ),
             metrics: metrics.clone(),
+            membership_lock: membership_lock.clone(),
             contact,
             pool: pool.clone(),
             faults: opts.faults.clone(),
@@ -229,6 +231,7 @@ impl Node {
             tokio::spawn(service::finish_joint_changes(
                 raft.clone(),
                 id,
+                membership_lock,
                 shutdown.clone(),
             )),
             tokio::spawn(notifier::run(

@@ -119,9 +119,44 @@ async fn change_membership(
     deadline: Instant,
 ) -> Result<(), Status> {
     let raft = s.raft.clone();
+    let lock = s.membership_lock.clone();
+    let me = s.id;
     let task = tokio::spawn(async move {
+        // One change at a time on this node, both steps: openraft 0.9
+        // panicked ("Only leader is allowed to call
+        // update_effective_membership()") when a second change reached a
+        // leader that the first one was removing (two replicas, the leader
+        // among them, leaving at once; 1 run in 6 of
+        // membership::concurrent_and_half_failed_kills...). Serialised, the
+        // second finds this node no longer leading and is sent to the new
+        // leader.
+        // The lock is taken per attempt, not across the retries: a change
+        // refused as "in progress" (a joint configuration a crashed leader
+        // left) must let `finish_joint_changes` in to finish it.
         loop {
-            match raft.change_membership(change.clone(), false).await {
+            let attempt = {
+                let _one_at_a_time = lock.lock().await;
+                // A leader that a change just removed from the voters still
+                // leads until that change commits; openraft asserts when it
+                // is handed another change in that window. Only a leader
+                // that is a voter proposes; otherwise the caller retries
+                // with the new leader.
+                let leads_as_voter = {
+                    let m = raft.metrics().borrow().clone();
+                    m.state == ServerState::Leader
+                        && m.membership_config
+                            .membership()
+                            .voter_ids()
+                            .any(|v| v == me)
+                };
+                if !leads_as_voter {
+                    return Err(Status::unavailable(
+                        "this node is leaving the voters (or no longer leads); ask the new leader",
+                    ));
+                }
+                raft.change_membership(change.clone(), false).await
+            };
+            match attempt {
                 Ok(_) => return Ok(()),
                 Err(e) if membership_in_progress(&e) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,6 +174,9 @@ async fn change_membership(
     }
 }
 
+/// Held for the whole of a membership change (both steps) on this node.
+pub type MembershipLock = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 /// How long a committed joint configuration may stand before the leader
 /// finishes it itself: a live proposer proposes the final step right after
 /// the joint one commits, and must not be raced.
@@ -151,6 +189,7 @@ const JOINT_GRACE: Duration = Duration::from_secs(1);
 pub async fn finish_joint_changes(
     raft: ravel_consensus::Raft,
     id: NodeId,
+    lock: MembershipLock,
     shutdown: CancellationToken,
 ) {
     let stalled = |m: &ravel_consensus::types::RaftMetrics| {
@@ -171,6 +210,7 @@ pub async fn finish_joint_changes(
                 _ = tokio::time::sleep(JOINT_GRACE) => {}
                 _ = shutdown.cancelled() => return,
             }
+            let _one_at_a_time = lock.lock().await;
             // Still the same joint configuration: nobody is finishing it.
             if stalled(&raft.metrics().borrow()).is_some_and(|(l, _)| l == log_id) {
                 tracing::warn!(

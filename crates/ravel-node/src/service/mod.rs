@@ -19,7 +19,7 @@ mod ext;
 mod leadership;
 mod membership;
 
-pub use membership::finish_joint_changes;
+pub use membership::{finish_joint_changes, MembershipLock};
 mod run;
 mod status;
 
@@ -73,6 +73,9 @@ pub struct NodeState {
     pub join_timeout: Duration,
     /// Request, proposal and Raft metrics.
     pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// One membership change at a time (shared with the task that
+    /// finishes joint configurations).
+    pub membership_lock: MembershipLock,
 }
 
 impl NodeState {
