@@ -60,6 +60,33 @@ pub enum KeyVerdict {
 
 /// Checks every key of `history`; returns the keys that are not
 /// linearizable (or undecided), in key order.
+/// Checks `history` and describes every key that is not linearizable (its
+/// history and timeline written under `dir`) or that the search gave up
+/// on; empty when the whole history is linearizable.
+pub fn report(history: &[Operation], dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, verdict) in check(history) {
+        match verdict {
+            KeyVerdict::Violation(v) => match v.write(dir) {
+                Ok((_, timeline)) => out.push(format!(
+                    "key {key} is not linearizable: {}\n{}",
+                    timeline.display(),
+                    v.timeline()
+                )),
+                Err(e) => out.push(format!(
+                    "key {key} is not linearizable (report not written: {e})\n{}",
+                    v.timeline()
+                )),
+            },
+            KeyVerdict::Undecided { explored } => out.push(format!(
+                "key {key}: the checker gave up after {explored} states"
+            )),
+            KeyVerdict::Linearizable => {}
+        }
+    }
+    out
+}
+
 pub fn check(history: &[Operation]) -> Vec<(String, KeyVerdict)> {
     let mut by_key: HashMap<&str, Vec<Operation>> = HashMap::new();
     for op in history {

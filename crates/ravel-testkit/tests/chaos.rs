@@ -26,7 +26,7 @@ use ravel_consensus::codec;
 use ravel_proto::raft::raft_client::RaftClient;
 use ravel_proto::raft::RaftMessage;
 use ravel_testkit::history::{History, Outcome};
-use ravel_testkit::linearizability::{check, KeyVerdict};
+use ravel_testkit::linearizability::report;
 use ravel_testkit::nemesis::{Fault, Nemesis, Schedule};
 use ravel_testkit::process::{new_channel, node_client, ProcSettings, ProcSystem};
 use ravel_testkit::workload::{final_reads, ReadVia, Targets, Workload, WorkloadConfig};
@@ -294,30 +294,10 @@ async fn run_seed(seed: u64, faults: usize) -> SeedReport {
 
     let ops = history.operations();
     let (all, ok, _fail, unknown) = history.counts();
-    let bad = check(&ops);
-    let mut kept = None;
-    for (key, verdict) in &bad {
-        match verdict {
-            KeyVerdict::Violation(v) => {
-                let dir = sys.root().join("violations");
-                let paths = v.write(&dir).expect("write the violation report");
-                violations.push(format!(
-                    "key {key} is not linearizable: {}\n{}",
-                    paths.1.display(),
-                    v.timeline()
-                ));
-            }
-            KeyVerdict::Undecided { explored } => violations.push(format!(
-                "key {key}: the checker gave up after {explored} states"
-            )),
-            KeyVerdict::Linearizable => {}
-        }
-    }
+    violations.extend(report(&ops, &sys.root().join("violations")));
     if !violations.is_empty() {
         violations.push(sys.log_tails(30));
-        kept = Some(sys.keep());
-    }
-    if let Some(dir) = kept {
+        let dir = sys.keep();
         violations.push(format!("logs, data and reports kept in {}", dir.display()));
     }
     let gap = history.longest_gap_without_success(run_start, run_end) / 1_000_000;

@@ -231,26 +231,13 @@ async fn decommissioning_a_cluster_with_a_phantom_member_moves_its_keys_first() 
         .await
         .expect("register a phantom")
         .into_inner();
-    let leaving = (0..sys.nodes.len())
-        .find(|&i| sys.nodes[i].cluster_id == phantom.cluster_id)
-        .expect("the phantom's cluster");
     let cluster = phantom.cluster_id.clone();
-    let dir = sys.nodes[leaving].config.data_dir.clone();
-    let identity = ravel_node::identity::Identity::load(&dir).unwrap().unwrap();
-    ravel_node::kill::leave_cluster(
-        &identity,
-        tokio::time::Instant::now() + Duration::from_secs(60),
-    )
-    .await
-    .expect("leave");
+    decommission(&mut sys, &cluster).await;
     let reg = sys.admin().registry().snapshot();
     assert!(
         !reg.ring.members.contains(&cluster),
         "{cluster} is still on the ring after its last replica left"
     );
-    // What kill does next: stop the node and delete its data.
-    sys.crash(leaving).await;
-    std::fs::remove_dir_all(&dir).unwrap();
     verify(&sys, &model).await;
     // The phantom goes with its cluster once it leaves too.
     sys.shutdown().await;

@@ -5,11 +5,12 @@
 //! linearizability (no lost acknowledged write, no stale read, no value
 //! coming back).
 //!
-//! Per seed: cluster A (three real `ravel-node` processes) and cluster B
-//! (one) serve 6,000 filler keys (so that a move lasts long enough to be
-//! interrupted) and the workload's 24; a third cluster C is added (about a third of the
-//! partitions move to it) and then decommissioned with the real
-//! `ravel-node kill` (they move back, which is where a ghost write or a
+//! Per seed: clusters A and B (three real `ravel-node` processes each)
+//! serve 6,000 filler keys (so that a move lasts long enough to be
+//! interrupted) and the workload's 24; a third cluster C of three replicas
+//! is added (about a third of the partitions move to it) and then
+//! decommissioned, replica by replica, with the real `ravel-node kill`
+//! (they move back, which is where a ghost write or a
 //! forgotten tombstone used to delete acknowledged values). During each
 //! move the admin is SIGKILLed after a random delay and restarted; with
 //! probability one half, A's leader is also killed or paused meanwhile; and
@@ -28,7 +29,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ravel_testkit::history::History;
-use ravel_testkit::linearizability::{check, KeyVerdict};
+use ravel_testkit::linearizability::report;
 use ravel_testkit::nemesis::{seeds, Fault, Nemesis};
 use ravel_testkit::netfault::NetFaults;
 use ravel_testkit::process::{ProcSettings, ProcSystem};
@@ -178,6 +179,9 @@ async fn run_seed(seed: u64) -> SeedReport {
     sys.add_node(false).await;
     sys.add_node(false).await;
     let b0 = sys.add_node(true).await; // cluster B
+                                       // Joiners go to the cluster with the fewest replicas: B.
+    sys.add_node(false).await;
+    sys.add_node(false).await;
     let net = NetFaults::new();
     let cut_b = net.as_ref().ok().map(|n| (n, sys.nodes[b0].ip));
     let mut violations = Vec::new();
@@ -201,8 +205,12 @@ async fn run_seed(seed: u64) -> SeedReport {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut faults = Vec::new();
 
-    // Grow: cluster C founds and announces itself; partitions move to it.
+    // Grow: cluster C founds and announces itself (partitions start moving
+    // to it at once) and two more replicas join it.
     let c0 = sys.add_node(true).await;
+    let cluster_c = sys.nodes[c0].cluster_id.clone();
+    sys.add_node(false).await;
+    sys.add_node(false).await;
     faults.push("add-cluster".to_string());
     faults_during_move(
         &mut sys,
@@ -217,9 +225,17 @@ async fn run_seed(seed: u64) -> SeedReport {
         violations.push(e);
     }
 
-    // Shrink: C's last replica leaves with the real CLI; its partitions
-    // move back to their old owners.
-    let removal = sys.start_removal(c0, Duration::from_secs(90));
+    // Shrink: C's replicas leave with the real CLI, one after the other;
+    // when the last one leaves, C's partitions move back to their old
+    // owners.
+    let mut c_replicas = sys.members(&cluster_c);
+    let last = c_replicas.pop().expect("a replica of C");
+    for i in c_replicas {
+        if let Err(e) = sys.remove_node(i, Duration::from_secs(60)).await {
+            violations.push(format!("removing replica {i} of C: {e}"));
+        }
+    }
+    let removal = sys.start_removal(last, Duration::from_secs(90));
     faults.push("remove-cluster".to_string());
     faults_during_move(
         &mut sys,
@@ -231,7 +247,7 @@ async fn run_seed(seed: u64) -> SeedReport {
     )
     .await;
     match removal.await {
-        Ok(Ok(())) => sys.removed(c0),
+        Ok(Ok(())) => sys.removed(last),
         Ok(Err(e)) => violations.push(format!("decommissioning cluster C failed: {e}")),
         Err(e) => violations.push(format!("decommissioning cluster C: {e}")),
     }
@@ -253,23 +269,7 @@ async fn run_seed(seed: u64) -> SeedReport {
     }
     let ops = history.operations();
     let (all, ok, _fail, unknown) = history.counts();
-    for (key, verdict) in &check(&ops) {
-        match verdict {
-            KeyVerdict::Violation(v) => {
-                let dir = sys.root().join("violations");
-                let paths = v.write(&dir).expect("write the violation report");
-                violations.push(format!(
-                    "key {key} is not linearizable: {}\n{}",
-                    paths.1.display(),
-                    v.timeline()
-                ));
-            }
-            KeyVerdict::Undecided { explored } => violations.push(format!(
-                "key {key}: the checker gave up after {explored} states"
-            )),
-            KeyVerdict::Linearizable => {}
-        }
-    }
+    violations.extend(report(&ops, &sys.root().join("violations")));
     if !violations.is_empty() {
         violations.push(sys.log_tails(30));
         let dir = sys.keep();
