@@ -86,8 +86,16 @@ impl Admin {
         let (grpc_listener, grpc_addr) = bind(&cfg.grpc_addr, grpc_listener).await?;
         let shutdown = CancellationToken::new();
 
+        // The standard health service: the admin serves as soon as it is up.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for service in ["", "RavelClusterAdminPB.RavelClusterAdmin"] {
+            reporter
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let server = tonic::transport::Server::builder()
             .timeout(std::time::Duration::from_secs(30))
+            .add_service(health)
             .add_service(RavelClusterAdminServer::new(AdminService::new(
                 admin.clone(),
             )));

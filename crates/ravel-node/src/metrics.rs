@@ -117,18 +117,53 @@ impl Exposition for NodeMetrics {
         m::render(&self.registry)
     }
 
-    /// Serving: Raft running, and a leader known (this replica or another).
     fn ready(&self) -> Result<String, String> {
-        let rm = self.raft.metrics().borrow().clone();
-        if let Err(e) = &rm.running_state {
-            return Err(format!("Raft stopped: {e}"));
-        }
-        match rm.current_leader {
-            Some(l) if l == self.node_id && rm.state == ServerState::Leader => {
-                Ok("ready: leader".into())
+        readiness(&self.raft.metrics().borrow(), self.node_id)
+    }
+}
+
+/// Whether a replica serves: Raft running, and a leader known (this
+/// replica, leading, or another). `/readyz` and the gRPC health service
+/// both answer from it.
+pub fn readiness(rm: &ravel_consensus::types::RaftMetrics, me: NodeId) -> Result<String, String> {
+    if let Err(e) = &rm.running_state {
+        return Err(format!("Raft stopped: {e}"));
+    }
+    match rm.current_leader {
+        Some(l) if l == me && rm.state == ServerState::Leader => Ok("ready: leader".into()),
+        Some(l) if l != me => Ok(format!("ready: leader is {l}")),
+        _ => Err("no leader known".into()),
+    }
+}
+
+/// The services the node's health service reports on ("" is the server).
+const HEALTH_SERVICES: [&str; 3] = ["", "RavelClusterPB.RavelNode", "ravel.node.v1.RavelNodeExt"];
+
+/// Keeps the gRPC health service (`grpc.health.v1`) in step with
+/// [`readiness`]: SERVING while the replica serves, NOT_SERVING otherwise
+/// (starting, no leader known, Raft stopped). Ends when Raft does.
+pub async fn report_health(raft: Raft, me: NodeId, reporter: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut rx = raft.metrics();
+    let mut last = None;
+    loop {
+        let status = match readiness(&rx.borrow_and_update(), me) {
+            Ok(_) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            for service in HEALTH_SERVICES {
+                reporter.set_service_status(service, status).await;
             }
-            Some(l) if l != self.node_id => Ok(format!("ready: leader is {l}")),
-            _ => Err("no leader known".into()),
+            last = Some(status);
+        }
+        if rx.changed().await.is_err() {
+            for service in HEALTH_SERVICES {
+                reporter
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+            return;
         }
     }
 }

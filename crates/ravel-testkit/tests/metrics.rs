@@ -202,3 +202,53 @@ async fn nodes_and_admin_serve_metrics_that_parse() {
     );
     sys.shutdown().await;
 }
+
+/// The standard gRPC health service answers on nodes and the admin:
+/// SERVING for a replica of a serving cluster and for the admin; unknown
+/// services are NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_reports_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    sys.leader(&cluster, Duration::from_secs(10)).await;
+    let check = |addr: String, service: &'static str| async move {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+    };
+    for n in &sys.nodes {
+        // A follower learns the leader with the first heartbeat.
+        ravel_testkit::wait_for(Duration::from_secs(10), "SERVING", || {
+            let addr = n.addr.clone();
+            async move {
+                let r = check(addr, "RavelClusterPB.RavelNode").await.ok()?;
+                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
+            }
+        })
+        .await;
+        let all = check(n.addr.clone(), "").await.unwrap().into_inner();
+        assert_eq!(all.status, ServingStatus::Serving as i32);
+    }
+    let unknown = check(sys.nodes[0].addr.clone(), "no.such.Service").await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+    let admin = check(
+        sys.admin_addr().to_string(),
+        "RavelClusterAdminPB.RavelClusterAdmin",
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(admin.status, ServingStatus::Serving as i32);
+    sys.shutdown().await;
+}

@@ -230,9 +230,16 @@ pub async fn serve(
     let service = NodeService { state };
     // Answers may carry the largest value a peer may be configured for.
     let max_answer = ravel_proto::limits::MAX_MESSAGE_BYTES;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(crate::metrics::report_health(
+        service.state.raft.clone(),
+        service.state.id,
+        reporter,
+    ));
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.max_in_flight)
         .tcp_nodelay(true)
+        .add_service(health)
         .add_service(raft_service.into_server())
         .add_service(
             RavelNodeServer::new(service.clone())
