@@ -75,11 +75,11 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            // A dead or cut-off leader is replaced within about one
-            // lease (openraft: election_timeout_max, during which followers
-            // refuse to vote) plus one election timeout: ~0.5-1 s. The
-            // price: 20 heartbeats a second per follower, and a leader whose
-            // disk or process stalls for over 250 ms may be deposed.
+            // A dead or cut-off leader is replaced about one election
+            // timeout after its last heartbeat (a pre-vote round, then the
+            // election; see raft/election.rs): ~0.3-0.6 s. The price: 20
+            // heartbeats a second per follower, and a leader whose disk or
+            // process stalls for over 250 ms may be deposed.
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
@@ -217,10 +217,10 @@ impl NodeConfig {
         if r.heartbeat_interval_ms == 0 {
             return invalid("raft.heartbeat_interval_ms", "must be > 0");
         }
-        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+        if r.election_timeout_min_ms < 3 * r.heartbeat_interval_ms {
             return invalid(
                 "raft.election_timeout_min_ms",
-                "must be greater than raft.heartbeat_interval_ms, or followers time out between heartbeats",
+                "must be at least 3 x raft.heartbeat_interval_ms, or followers stand for election after a lost heartbeat or two",
             );
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
@@ -310,8 +310,15 @@ impl NodeConfig {
         let c = openraft::Config {
             cluster_name: "ravel".into(),
             heartbeat_interval: self.raft.heartbeat_interval_ms,
-            election_timeout_min: self.raft.election_timeout_min_ms,
-            election_timeout_max: self.raft.election_timeout_max_ms,
+            // Ravel runs elections itself, with a pre-vote round
+            // (`raft/election.rs`). openraft's election timeout then only
+            // sets its leader lease (its `election_timeout_max`), during
+            // which voters refuse votes: `election_timeout_min`, the
+            // shortest time after which any of our voters stands.
+            enable_elect: false,
+            election_timeout_min: self.raft.election_timeout_min_ms
+                - self.raft.heartbeat_interval_ms,
+            election_timeout_max: self.raft.election_timeout_min_ms,
             // Our transport applies its own per-chunk and total deadlines.
             install_snapshot_timeout: self.snapshot.chunk_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot.logs_since_last),

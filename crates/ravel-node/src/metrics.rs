@@ -26,6 +26,7 @@ pub struct NodeMetrics {
     purged_index: IntGauge,
     follower_lag: IntGaugeVec,
     leader_changes: IntCounter,
+    pre_votes: IntCounterVec,
     run_requests: IntCounterVec,
     run_seconds: HistogramVec,
     batch_commands: Histogram,
@@ -51,6 +52,7 @@ impl NodeMetrics {
             purged_index: m::gauge(&r, "ravel_raft_purged_index", "Last log index purged (covered by a snapshot)."),
             follower_lag: m::gauge_vec(&r, "ravel_raft_follower_lag_entries", "On the leader: entries each follower lacks (last log index minus its matched index).", &["follower"]),
             leader_changes: m::counter(&r, "ravel_raft_leader_changes_total", "Times this replica saw the cluster's leader change."),
+            pre_votes: m::counter_vec(&r, "ravel_raft_pre_votes_total", "Pre-vote rounds this replica ran before an election, by outcome (won: it stood; lost: a majority still hears from a leader, or has a newer log).", &["outcome"]),
             run_requests: m::counter_vec(&r, "ravel_run_requests_total", "Run requests answered, by operation and gRPC code.", &["op", "code"]),
             run_seconds: m::histogram_vec(&r, "ravel_run_duration_seconds", "Time to answer a Run request, by operation.", &["op"], LATENCY_BUCKETS),
             batch_commands: m::histogram(&r, "ravel_proposal_commands", "Client commands per Raft proposal (write batching).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
@@ -75,6 +77,13 @@ impl NodeMetrics {
         self.run_seconds
             .with_label_values(&[op])
             .observe(took.as_secs_f64());
+    }
+
+    /// One pre-vote round this replica ran.
+    pub fn pre_vote(&self, won: bool) {
+        self.pre_votes
+            .with_label_values(&[if won { "won" } else { "lost" }])
+            .inc();
     }
 
     /// One proposal of `commands` client commands, answered after `took`.

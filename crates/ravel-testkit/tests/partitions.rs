@@ -168,3 +168,61 @@ async fn every_leadership_change_reaches_the_admin() {
     }
     sys.shutdown().await;
 }
+
+/// A follower cut off for many election timeouts must not raise its term
+/// (it cannot win a pre-vote), so when it returns the leader keeps leading.
+/// Without pre-vote it stood for election again and again while cut off,
+/// and its higher term deposed the working leader once it could talk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_returning_from_a_partition_does_not_depose_the_leader() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let term = |i: usize| sys.nodes[i].node().raft().metrics().borrow().current_term;
+    let before = term(leader);
+    let follower = sys.other_member(&cluster, leader);
+
+    sys.partition(&[follower]);
+    // The fault lasts several election timeouts (300-600 ms in tests),
+    // with writes the cut-off follower misses.
+    let cut_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut k = 0u32;
+    while tokio::time::Instant::now() < cut_until {
+        sys.run(leader, "set", format!("during-{k}").as_bytes(), b"v")
+            .await
+            .expect("the majority writes while a follower is cut off");
+        k += 1;
+    }
+    assert_eq!(
+        term(follower),
+        before,
+        "the cut-off follower raised its term from {before}"
+    );
+    sys.heal();
+
+    // Back: it catches up under the same leader, in the same term.
+    let last = format!("during-{}", k - 1);
+    wait_for(Duration::from_secs(10), "the follower to catch up", || {
+        let caught_up = sys.nodes[follower]
+            .node()
+            .local_get(last.as_bytes())
+            .ok()
+            .flatten()
+            .is_some();
+        async move { caught_up.then_some(()) }
+    })
+    .await;
+    for k in 0..20u32 {
+        sys.run(leader, "set", format!("after-{k}").as_bytes(), b"v")
+            .await
+            .expect("the leader still leads after the heal");
+    }
+    assert_eq!(sys.leader(&cluster, Duration::from_secs(10)).await, leader);
+    assert_eq!(
+        term(leader),
+        before,
+        "the returning follower deposed the leader"
+    );
+    assert_eq!(term(follower), before);
+    sys.shutdown().await;
+}

@@ -167,10 +167,13 @@ impl Node {
 
         let transfer = SnapshotTransfer::from_settings(&cfg.snapshot);
         let network = GrpcRaftNetwork::new(id, pool.clone(), opts.faults.clone(), transfer.clone());
+        let raft_config = cfg.openraft()?;
+        let lease = Duration::from_millis(raft_config.election_timeout_max);
+        let log_store = opened.log_store.clone();
         let raft = Raft::new(
             id,
-            Arc::new(cfg.openraft()?),
-            network,
+            Arc::new(raft_config),
+            network.clone(),
             opened.log_store,
             opened.state_machine,
         )
@@ -224,7 +227,12 @@ impl Node {
             tokio::spawn(service::serve(
                 bound.listener,
                 state,
-                RaftService::new(raft.clone(), transfer.chunk_timeout),
+                RaftService::new(
+                    raft.clone(),
+                    log_store.clone(),
+                    transfer.chunk_timeout,
+                    lease,
+                ),
                 service::ServerLimits::from_config(&cfg),
                 shutdown.clone(),
             )),
@@ -232,6 +240,19 @@ impl Node {
                 raft.clone(),
                 id,
                 membership_lock,
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::raft::election::run(
+                raft.clone(),
+                id,
+                log_store,
+                network,
+                crate::raft::election::ElectionTiming {
+                    tick: Duration::from_millis(cfg.raft.heartbeat_interval_ms),
+                    timeout_min: Duration::from_millis(cfg.raft.election_timeout_min_ms),
+                    timeout_max: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+                },
+                metrics.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(notifier::run(

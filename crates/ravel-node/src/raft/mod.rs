@@ -5,6 +5,7 @@
 //! protobuf envelope; snapshots stream in checksummed chunks.
 
 mod append;
+pub mod election;
 mod network;
 mod service;
 

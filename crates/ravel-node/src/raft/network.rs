@@ -29,6 +29,7 @@ use ravel_transport::{ChannelPool, Faults, TransportError};
 use tokio::sync::watch;
 
 use super::append::{self, InFlight, Key};
+use super::election::{PreVoteRequest, PreVoteResponse};
 mod snapshot_send;
 
 pub use snapshot_send::SnapshotTransfer;
@@ -56,10 +57,9 @@ impl GrpcRaftNetwork {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
-    type Network = RaftPeer;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> RaftPeer {
+impl GrpcRaftNetwork {
+    /// The connection to `target`, outside openraft (pre-votes).
+    pub(crate) fn peer(&self, target: NodeId, node: &BasicNode) -> RaftPeer {
         RaftPeer {
             from: self.id,
             target,
@@ -69,6 +69,14 @@ impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
             snapshot: self.snapshot.clone(),
             append: None,
         }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> RaftPeer {
+        self.peer(target, node)
     }
 }
 
@@ -196,6 +204,34 @@ impl RaftPeer {
             }),
             CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(e)),
             CallError::Network(e) => RPCError::Network(NetworkError::new(e)),
+        }
+    }
+
+    /// Asks the peer for a pre-vote (see `election.rs`). A peer too old to
+    /// know the RPC answers `UNIMPLEMENTED`; it would vote without one, so
+    /// that counts as granted.
+    pub(crate) async fn pre_vote(
+        &self,
+        req: &PreVoteRequest,
+        ttl: Duration,
+    ) -> Result<PreVoteResponse, TransportError> {
+        let res = self
+            .unary::<_, PreVoteResponse, String, _, _>(req, ttl, |mut c, m| async move {
+                c.pre_vote(m).await
+            })
+            .await;
+        match res {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(refusal)) => Ok(PreVoteResponse::refused(refusal)),
+            Err(CallError::Network(TransportError::Status {
+                code: tonic::Code::Unimplemented,
+                ..
+            })) => Ok(PreVoteResponse::granted("the peer predates pre-vote")),
+            Err(CallError::Timeout(after)) => Err(TransportError::Timeout {
+                addr: self.addr.clone(),
+                after,
+            }),
+            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
         }
     }
 

@@ -7,26 +7,34 @@ use openraft::error::Fatal;
 use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
 use openraft::Snapshot;
 use ravel_consensus::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use ravel_consensus::LogStore;
 use ravel_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use ravel_proto::raft::{RaftMessage, SnapshotChunk};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::election::{self, PreVoteRequest};
 use super::MAX_RAFT_MESSAGE_BYTES;
 
 /// Serves `ravel.raft.v1.Raft` for one replica.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    /// Read by pre-vote answers.
+    log: LogStore,
     /// Longest wait for the next snapshot chunk before giving up the transfer.
     chunk_timeout: Duration,
+    /// openraft's leader lease (see `election.rs`).
+    lease: Duration,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, chunk_timeout: Duration) -> Self {
+    pub fn new(raft: Raft, log: LogStore, chunk_timeout: Duration, lease: Duration) -> Self {
         Self {
             raft,
+            log,
             chunk_timeout,
+            lease,
         }
     }
 
@@ -65,6 +73,16 @@ impl RaftRpc for RaftService {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
         reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc: PreVoteRequest = decode(request.get_ref())?;
+        let answer = election::answer(&self.raft, &self.log, self.lease, &rpc).await;
+        tracing::debug!(candidate = rpc.candidate, term = rpc.term, granted = answer.granted, reason = %answer.reason, "pre-vote");
+        reply(&Ok::<_, String>(answer))
     }
 
     async fn install_snapshot(
