@@ -96,6 +96,7 @@ impl Admin {
         let server = tonic::transport::Server::builder()
             .timeout(std::time::Duration::from_secs(30))
             .add_service(health)
+            .add_service(ravel_proto::reflection_service())
             .add_service(RavelClusterAdminServer::new(AdminService::new(
                 admin.clone(),
             )));

@@ -31,6 +31,22 @@ pub mod ext {
     include!(concat!(env!("OUT_DIR"), "/ravel.node.v1.rs"));
 }
 
+/// Every service's descriptors (an encoded `FileDescriptorSet`), served by
+/// gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ravel_descriptor.bin"));
+
+/// The gRPC reflection service over [`FILE_DESCRIPTOR_SET`]: `grpcurl`
+/// lists and calls every service without the `.proto` files.
+pub fn reflection_service() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set compiled into this binary is valid")
+}
+
 /// The operation names of `RavelClusterPB.Command.operation`.
 pub mod ops {
     pub const SET: &str = "set";

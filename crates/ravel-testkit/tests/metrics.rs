@@ -252,3 +252,106 @@ async fn grpc_health_reports_serving() {
     assert_eq!(admin.status, ServingStatus::Serving as i32);
     sys.shutdown().await;
 }
+
+/// A replica whose Raft has stopped must not look healthy: the gRPC health
+/// service turns NOT_SERVING and `/readyz` 503, so an orchestrator replaces
+/// it, while the others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_raft_stopped_reports_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let follower = sys.other_member(&cluster, leader);
+    let node = sys.nodes[follower].node();
+    let maddr = node.metrics_addr().unwrap().to_string();
+    let status = |addr: String| async move {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        let r = HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: "RavelClusterPB.RavelNode".into(),
+            })
+            .await
+            .ok()?;
+        Some(r.into_inner().status)
+    };
+    ravel_testkit::wait_for(Duration::from_secs(10), "the follower SERVING", || {
+        let addr = sys.nodes[follower].addr.clone();
+        async move { (status(addr).await? == ServingStatus::Serving as i32).then_some(()) }
+    })
+    .await;
+
+    node.raft().shutdown().await.expect("Raft shuts down");
+    ravel_testkit::wait_for(Duration::from_secs(10), "NOT_SERVING", || {
+        let addr = sys.nodes[follower].addr.clone();
+        async move { (status(addr).await? == ServingStatus::NotServing as i32).then_some(()) }
+    })
+    .await;
+    let (code, body) = scrape(&maddr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("Raft stopped"), "{body}");
+    assert_eq!(
+        status(sys.nodes[leader].addr.clone()).await,
+        Some(ServingStatus::Serving as i32),
+        "the leader still serves"
+    );
+    sys.shutdown().await;
+}
+
+/// gRPC reflection lists every service on a node and on the admin, so
+/// `grpcurl` works without the .proto files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let sys = TestSystem::start(1, 1).await;
+    let list = |addr: String| async move {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("reflection answers")
+            .into_inner();
+        let answer = answers.message().await.unwrap().expect("one answer");
+        match answer.message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<BTreeSet<_>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    };
+    let node = list(sys.nodes[0].addr.clone()).await;
+    for s in [
+        "RavelClusterPB.RavelNode",
+        "ravel.node.v1.RavelNodeExt",
+        "ravel.raft.v1.Raft",
+    ] {
+        assert!(node.contains(s), "{s} missing from {node:?}");
+    }
+    let admin = list(sys.admin_addr().to_string()).await;
+    assert!(
+        admin.contains("RavelClusterAdminPB.RavelClusterAdmin"),
+        "{admin:?}"
+    );
+    sys.shutdown().await;
+}

@@ -240,6 +240,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.max_in_flight)
         .tcp_nodelay(true)
         .add_service(health)
+        .add_service(ravel_proto::reflection_service())
         .add_service(raft_service.into_server())
         .add_service(
             RavelNodeServer::new(service.clone())
