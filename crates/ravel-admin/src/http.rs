@@ -357,5 +357,6 @@ async fn cluster(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "relocation": relocation,
         "relocations_done": state.ring.relocations_done,
         "moved_keys_total": state.ring.moved_keys_total,
+        "relocation_last_error": s.metrics.last_relocation_error(),
     }))
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 use ravel_runtime::metrics::{self as m, LATENCY_BUCKETS};
 
 use crate::registry::Registry as AdminRegistry;
@@ -28,6 +28,19 @@ pub struct AdminMetrics {
     moved_keys_total: IntGauge,
     relocations_done: IntGauge,
     generation: IntGauge,
+    keys_moved: IntCounter,
+    relocation_errors: IntCounter,
+    last_error_time: IntGauge,
+    /// The mover's last failed step, shown by `ravel status`.
+    last_error: std::sync::Mutex<Option<MoverError>>,
+}
+
+/// A failed step of the mover (it retries with backoff).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MoverError {
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub at_unix: u64,
 }
 
 impl AdminMetrics {
@@ -46,8 +59,38 @@ impl AdminMetrics {
             moved_keys_total: m::gauge(&r, "ravel_admin_moved_keys_total", "Keys moved by finished relocations."),
             relocations_done: m::gauge(&r, "ravel_admin_relocations_done_total", "Relocations finished."),
             generation: m::gauge(&r, "ravel_admin_ring_generation", "The ring's generation (writes carry it; old owners are fenced below it)."),
+            keys_moved: m::counter(&r, "ravel_admin_relocation_keys_moved_total", "Keys this admin process moved between clusters (rate() of it is the relocation rate)."),
+            relocation_errors: m::counter(&r, "ravel_admin_relocation_errors_total", "Failed relocation steps (each is retried with backoff)."),
+            last_error_time: m::gauge(&r, "ravel_admin_relocation_last_error_timestamp_seconds", "When the last relocation step failed (Unix time; 0: never)."),
+            last_error: std::sync::Mutex::new(None),
             registry: r,
         }
+    }
+
+    /// The mover moved `n` keys.
+    pub fn keys_moved(&self, n: u64) {
+        self.keys_moved.inc_by(n);
+    }
+
+    /// A mover step failed with `message`.
+    pub fn relocation_failed(&self, message: &str) {
+        let at_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.relocation_errors.inc();
+        self.last_error_time.set(at_unix as i64);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(MoverError {
+            message: message.to_string(),
+            at_unix,
+        });
+    }
+
+    /// The mover's last failed step, if any.
+    pub fn last_relocation_error(&self) -> Option<MoverError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// One call to `cluster`'s leader ended so.
@@ -110,4 +153,37 @@ pub async fn track(
         .metrics
         .http_done(&route, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_mover_step_is_counted_and_kept_as_the_last_error() {
+        let m = AdminMetrics::new();
+        assert!(m.last_relocation_error().is_none());
+        m.relocation_failed("cluster-2 unreachable");
+        m.relocation_failed("cluster-3 answered FailedPrecondition");
+        m.keys_moved(7);
+        let e = m.last_relocation_error().expect("the last error");
+        assert_eq!(e.message, "cluster-3 answered FailedPrecondition");
+        assert!(e.at_unix > 1_600_000_000, "{}", e.at_unix);
+        let text = m::render(&m.registry);
+        assert!(
+            text.contains("ravel_admin_relocation_errors_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ravel_admin_relocation_keys_moved_total 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ravel_admin_relocation_last_error_timestamp_seconds {}",
+                e.at_unix
+            )),
+            "{text}"
+        );
+    }
 }

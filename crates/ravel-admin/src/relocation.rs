@@ -114,7 +114,10 @@ pub async fn run_mover(admin: Arc<AdminState>) {
                 match plan(&admin).await {
                     Ok(true) => continue,
                     Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "planning a relocation"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "planning a relocation");
+                        admin.metrics.relocation_failed(&e.to_string());
+                    }
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(1), admin.wake.notified()).await;
             }
@@ -122,6 +125,7 @@ pub async fn run_mover(admin: Arc<AdminState>) {
                 Ok(()) => failures = Attempts::forever(),
                 Err(e) => {
                     tracing::warn!(error = %e, relocation = r.id, "relocation step failed; retrying");
+                    admin.metrics.relocation_failed(&e);
                     failures.pause().await;
                 }
             },
@@ -183,6 +187,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             return Err(e);
         }
+        admin.metrics.keys_moved(moved);
         cursor = Some(page.last_key.clone());
         registry
             .update(|s| {

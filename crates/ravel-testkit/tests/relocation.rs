@@ -171,6 +171,20 @@ async fn third_cluster_added_while_writers_run() {
         "moved {moved} keys, expected {expected:.0} ± 25%"
     );
     verify(&sys, &model).await;
+    // The admin counts what it moved (Prometheus derives the rate).
+    let metrics = reqwest::get(format!("http://{}/metrics", sys.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ravel_admin_relocation_keys_moved_total "))
+        .expect("the keys-moved counter")
+        .parse()
+        .unwrap();
+    assert_eq!(counted, ring.moved_keys_total, "{metrics}");
     sys.shutdown().await;
 }
 

@@ -41,6 +41,12 @@ enum Cmd {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// Print the status again every --interval-secs, with the
+        /// relocation's rate and ETA, until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        #[arg(long, default_value_t = 2, requires = "watch")]
+        interval_secs: u64,
     },
     /// Replicas: `ravel member remove NODE_ID`.
     Member {
@@ -51,6 +57,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum MemberCmd {
+    /// Every replica: cluster, role, address, reachability and lag.
+    List,
     /// Take replica NODE_ID out of its cluster's Raft group and the
     /// registry, for a host that is gone with its disk (a live replica
     /// leaves with `ravel-node kill`). Waits, up to --timeout-secs, while
@@ -137,6 +145,14 @@ fn fail(r: &JsonResponse) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    if let Cmd::Status {
+        watch: true,
+        interval_secs,
+        ..
+    } = &cli.cmd
+    {
+        return watch_status(&cli.admin, Duration::from_secs((*interval_secs).max(1))).await;
+    }
     let result = match &cli.cmd {
         Cmd::Put { key, value } => {
             let v: Value =
@@ -159,7 +175,10 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
-        Cmd::Status { .. } => call(&cli.admin, Method::GET, "/v1/cluster", None).await,
+        Cmd::Status { .. }
+        | Cmd::Member {
+            cmd: MemberCmd::List,
+        } => call(&cli.admin, Method::GET, "/v1/cluster", None).await,
         Cmd::Member {
             cmd:
                 MemberCmd::Remove {
@@ -180,17 +199,20 @@ async fn run(cli: Cli) -> ExitCode {
     }
     match cli.cmd {
         Cmd::Put { .. } | Cmd::Delete { .. } => println!("ok"),
+        Cmd::Member {
+            cmd: MemberCmd::List,
+        } => print_members(&r.body),
         Cmd::Member { .. } => println!(
             "removed {} from {}",
             r.body["removed"].as_str().unwrap_or("?"),
             r.body["cluster_id"].as_str().unwrap_or("?")
         ),
         Cmd::Get { .. } => println!("{}", r.body["val"]),
-        Cmd::Status { json: true } => println!(
+        Cmd::Status { json: true, .. } => println!(
             "{}",
             serde_json::to_string_pretty(&r.body).unwrap_or_default()
         ),
-        Cmd::Status { json: false } => print_status(&r.body),
+        Cmd::Status { json: false, .. } => print_status(&r.body),
     }
     ExitCode::SUCCESS
 }
@@ -221,6 +243,103 @@ async fn remove_member(
     }
 }
 
+/// `status --watch`: the status every `interval`, with the relocation's
+/// rate and ETA from the progress between two polls.
+async fn watch_status(admin: &str, interval: Duration) -> ExitCode {
+    // (relocation id, when, keys moved, partitions pending)
+    let mut last: Option<(u64, tokio::time::Instant, u64, u64)> = None;
+    loop {
+        match call(admin, Method::GET, "/v1/cluster", None).await {
+            Err(e) => eprintln!("ravel: {e}"),
+            Ok(r) if r.status != 200 => {
+                fail(&r);
+            }
+            Ok(r) => {
+                println!("--- {}", poll_stamp());
+                print_status(&r.body);
+                let now = tokio::time::Instant::now();
+                let rel = r.body["relocation"].as_object().map(|x| {
+                    (
+                        x["id"].as_u64().unwrap_or(0),
+                        x["moved_keys"].as_u64().unwrap_or(0),
+                        x["partitions_pending"].as_u64().unwrap_or(0),
+                    )
+                });
+                match (rel, last) {
+                    (Some((id, keys, pending)), Some((lid, at, lkeys, lpending))) if id == lid => {
+                        let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                        println!(
+                            "{}",
+                            progress_line(
+                                keys - lkeys.min(keys),
+                                lpending.saturating_sub(pending),
+                                pending,
+                                secs
+                            )
+                        );
+                    }
+                    (Some(_), _) => println!("rate: measuring (next poll)"),
+                    (None, _) => {}
+                }
+                last = rel.map(|(id, keys, pending)| (id, now, keys, pending));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// "rate: K keys/s, P partitions/s, ETA" from the progress over `secs`.
+fn progress_line(keys: u64, partitions_done: u64, pending: u64, secs: f64) -> String {
+    let eta = if pending == 0 {
+        "ETA: finishing".to_string()
+    } else if partitions_done == 0 {
+        "ETA: unknown (no partition finished since the last poll)".to_string()
+    } else {
+        let eta = pending as f64 / (partitions_done as f64 / secs);
+        format!("ETA: ~{:.0} s", eta.ceil())
+    };
+    format!(
+        "rate: {:.0} keys/s, {:.2} partitions/s; {eta}",
+        keys as f64 / secs,
+        partitions_done as f64 / secs
+    )
+}
+
+fn poll_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("unix time {secs}")
+}
+
+/// `member list`: one line per replica.
+fn print_members(s: &Value) {
+    println!(
+        "{:<20}  {:<20}  {:<8}  {:<21}  {:<11}  lag",
+        "node", "cluster", "role", "address", "reachable"
+    );
+    for c in s["clusters"].as_array().into_iter().flatten() {
+        let leader = c["leader"]["node_id"].as_str().unwrap_or("");
+        for m in c["members"].as_array().into_iter().flatten() {
+            let id = m["node_id"].as_str().unwrap_or("?");
+            println!(
+                "{:<20}  {:<20}  {:<8}  {:<21}  {:<11}  {}",
+                id,
+                c["cluster_id"].as_str().unwrap_or("?"),
+                if id == leader { "leader" } else { "replica" },
+                m["grpc_address"].as_str().unwrap_or("?"),
+                m["reachable"]
+                    .as_bool()
+                    .map_or("?", |r| if r { "yes" } else { "no" }),
+                m["lag"].as_u64().map_or("?".to_string(), |l| l.to_string()),
+            );
+        }
+    }
+}
+
 fn print_status(s: &Value) {
     println!(
         "ring: {} partitions over {} cluster(s), load factor {}",
@@ -237,6 +356,13 @@ fn print_status(s: &Value) {
             "relocation: none in progress ({} done, {} keys moved in all)",
             s["relocations_done"], s["moved_keys_total"]
         ),
+    }
+    if let Some(e) = s["relocation_last_error"].as_object() {
+        println!(
+            "last relocation error (unix time {}): {}",
+            e["at_unix"],
+            e["message"].as_str().unwrap_or("?")
+        );
     }
     for c in s["clusters"].as_array().into_iter().flatten() {
         let leader = c["leader"]["node_id"].as_str().unwrap_or("none");
@@ -268,5 +394,20 @@ fn print_status(s: &Value) {
                 m["last_applied_index"]
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn the_watch_line_gives_rate_and_eta() {
+        assert_eq!(
+            progress_line(2_000, 4, 10, 2.0),
+            "rate: 1000 keys/s, 2.00 partitions/s; ETA: ~5 s"
+        );
+        assert!(progress_line(10, 0, 3, 2.0).contains("ETA: unknown"));
+        assert!(progress_line(10, 3, 0, 2.0).contains("ETA: finishing"));
     }
 }
