@@ -52,3 +52,67 @@ impl QuorumContact {
         let _ = metrics.wait_for(|m| !self.fresh_in(m)).await;
     }
 }
+
+/// When this replica last heard from a leader (openraft's vote time: a
+/// leader's message, or a vote granted), as the election driver last read
+/// it. A follower whose leader went silent for longer than `max_age` is cut
+/// off (or its leader is gone): forwarding a client's request there would
+/// only hold the client to its deadline and leave the outcome unknown.
+#[derive(Debug, Clone)]
+pub struct LeaderContact {
+    at: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    max_age: Duration,
+}
+
+impl LeaderContact {
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            at: Default::default(),
+            max_age,
+        }
+    }
+
+    /// Records the vote time read from Raft (`None`: not yet known).
+    pub fn record(&self, at: Option<tokio::time::Instant>) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// How long the leader has been silent, if longer than allowed.
+    pub fn lost(&self) -> Option<Duration> {
+        let at = (*self.at.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let age = at.elapsed();
+        (age > self.max_age).then_some(age)
+    }
+
+    /// Resolves once [`LeaderContact::lost`] holds (checked every 50 ms).
+    pub async fn lost_wait(&self) -> Duration {
+        loop {
+            if let Some(age) = self.lost() {
+                return age;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real time, short: what is measured here is elapsed time itself.
+    #[tokio::test]
+    async fn contact_is_lost_only_after_max_age_of_silence() {
+        let c = LeaderContact::new(Duration::from_millis(60));
+        assert_eq!(c.lost(), None, "unknown is not lost");
+        c.record(Some(tokio::time::Instant::now()));
+        assert_eq!(c.lost(), None);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(c.lost().unwrap() >= Duration::from_millis(80));
+        c.record(Some(tokio::time::Instant::now()));
+        assert_eq!(c.lost(), None, "heard again");
+        let waited = tokio::time::timeout(Duration::from_secs(5), c.lost_wait())
+            .await
+            .expect("lost within 5 s");
+        assert!(waited > Duration::from_millis(60));
+    }
+}

@@ -202,6 +202,9 @@ impl Node {
         let contact = crate::contact::QuorumContact::new(Duration::from_millis(
             cfg.raft.election_timeout_max_ms,
         ));
+        let leader_contact = crate::contact::LeaderContact::new(Duration::from_millis(
+            cfg.raft.election_timeout_max_ms,
+        ));
         let state = Arc::new(NodeState {
             id,
             cluster_id: cluster_id.clone(),
@@ -217,6 +220,7 @@ impl Node {
             metrics: metrics.clone(),
             membership_lock: membership_lock.clone(),
             contact,
+            leader_contact: leader_contact.clone(),
             pool: pool.clone(),
             faults: opts.faults.clone(),
             session: ravel_transport::session::ClientSession::new(),
@@ -243,16 +247,19 @@ impl Node {
                 shutdown.clone(),
             )),
             tokio::spawn(crate::raft::election::run(
-                raft.clone(),
-                id,
-                log_store,
-                network,
-                crate::raft::election::ElectionTiming {
-                    tick: Duration::from_millis(cfg.raft.heartbeat_interval_ms),
-                    timeout_min: Duration::from_millis(cfg.raft.election_timeout_min_ms),
-                    timeout_max: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+                crate::raft::election::Elector {
+                    raft: raft.clone(),
+                    id,
+                    log: log_store,
+                    network,
+                    timing: crate::raft::election::ElectionTiming {
+                        tick: Duration::from_millis(cfg.raft.heartbeat_interval_ms),
+                        timeout_min: Duration::from_millis(cfg.raft.election_timeout_min_ms),
+                        timeout_max: Duration::from_millis(cfg.raft.election_timeout_max_ms),
+                    },
+                    metrics: metrics.clone(),
+                    contact: leader_contact.clone(),
                 },
-                metrics.clone(),
                 shutdown.clone(),
             )),
             tokio::spawn(notifier::run(

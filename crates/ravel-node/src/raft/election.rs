@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::GrpcRaftNetwork;
+use crate::contact::LeaderContact;
 use crate::metrics::NodeMetrics;
 
 /// "Would you vote for me in `term`?"
@@ -203,16 +204,29 @@ fn is_quorum(configs: &[BTreeSet<NodeId>], granted: &BTreeSet<NodeId>) -> bool {
         .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
 }
 
+/// What the election driver works with.
+pub struct Elector {
+    pub raft: Raft,
+    pub id: NodeId,
+    pub log: LogStore,
+    pub network: GrpcRaftNetwork,
+    pub timing: ElectionTiming,
+    pub metrics: std::sync::Arc<NodeMetrics>,
+    /// Told when this replica last heard from a leader.
+    pub contact: LeaderContact,
+}
+
 /// Drives this replica's elections until `shutdown`.
-pub async fn run(
-    raft: Raft,
-    id: NodeId,
-    log: LogStore,
-    network: GrpcRaftNetwork,
-    timing: ElectionTiming,
-    metrics: std::sync::Arc<NodeMetrics>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(elector: Elector, shutdown: CancellationToken) {
+    let Elector {
+        raft,
+        id,
+        log,
+        network,
+        timing,
+        metrics,
+        contact,
+    } = elector;
     let started = Instant::now();
     let mut timeout = timing.draw();
     let mut period_start: Option<Instant> = None;
@@ -227,6 +241,11 @@ pub async fn run(
             // Raft stopped; the node's supervisor reports it.
             return;
         };
+        contact.record(match me.state {
+            // A leader hears from itself; candidates hear from nobody.
+            ServerState::Leader => Some(Instant::now()),
+            _ => me.vote_changed,
+        });
         if me.state == ServerState::Leader || !me.voters.contains_key(&id) {
             continue;
         }

@@ -60,6 +60,8 @@ pub struct NodeState {
     pub batcher: WriteBatcher,
     /// Whether this node, as leader, is in touch with a majority.
     pub contact: QuorumContact,
+    /// Whether this node, as follower, still hears from a leader.
+    pub leader_contact: crate::contact::LeaderContact,
     /// Channels to peers, for forwarding; shared with the Raft network.
     pub pool: ChannelPool,
     /// Test-only fault injection on forwarded calls.
