@@ -259,6 +259,74 @@ pub(crate) mod tests {
         }
     }
 
+    /// Golden bytes of `registry.json`: a restarted (or upgraded) admin
+    /// must read what an older one wrote. A change that alters the file
+    /// fails here; a deliberate one raises `VERSION` and keeps reading the
+    /// old form.
+    #[test]
+    fn the_registry_file_format_is_pinned() {
+        let state = RegistryState {
+            version: VERSION,
+            next_cluster: 3,
+            clusters: BTreeMap::from([(
+                "cluster-1".to_string(),
+                ClusterInfo {
+                    id: "cluster-1".into(),
+                    members: BTreeMap::from([("11".to_string(), member("10.0.0.1:7101"))]),
+                    leader: Some("11".into()),
+                    leader_term: 4,
+                    ready: true,
+                },
+            )]),
+            ring: RingState {
+                params: Some(crate::ring::HashRing {
+                    partitions: 271,
+                    load: 1.25,
+                    vnodes: 40,
+                }),
+                members: vec!["cluster-1".into(), "cluster-2".into()],
+                draining: BTreeSet::from(["cluster-2".to_string()]),
+                relocation: Some(RelocationProgress {
+                    id: 2,
+                    from_members: vec!["cluster-1".into(), "cluster-2".into()],
+                    to_members: vec!["cluster-1".into()],
+                    pending: BTreeMap::from([(
+                        7,
+                        PartitionMove {
+                            from: "cluster-2".into(),
+                            to: "cluster-1".into(),
+                        },
+                    )]),
+                    total_partitions: 9,
+                    cursors: BTreeMap::from([("cluster-2->cluster-1".to_string(), b"k".to_vec())]),
+                    moved_keys: 5,
+                    sweeps: vec![Sweep {
+                        cluster: "cluster-1".into(),
+                        partitions: vec![3, 4],
+                    }],
+                }),
+                generation: 6,
+                moved_keys_total: 50,
+                relocations_done: 1,
+            },
+        };
+        const GOLDEN: &str = r#"{"version":1,"next_cluster":3,"clusters":{"cluster-1":{"id":"cluster-1","members":{"11":{"grpc_address":"10.0.0.1:7101","raft_address":"10.0.0.1:7101"}},"leader":"11","leader_term":4,"ready":true}},"ring":{"params":{"partitions":271,"load":1.25,"vnodes":40},"members":["cluster-1","cluster-2"],"draining":["cluster-2"],"relocation":{"id":2,"from_members":["cluster-1","cluster-2"],"to_members":["cluster-1"],"pending":{"7":{"from":"cluster-2","to":"cluster-1"}},"total_partitions":9,"cursors":{"cluster-2->cluster-1":[107]},"moved_keys":5,"sweeps":[{"cluster":"cluster-1","partitions":[3,4]}]},"generation":6,"moved_keys_total":50,"relocations_done":1}}"#;
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            GOLDEN,
+            "registry.json's format changed"
+        );
+        assert_eq!(
+            serde_json::from_str::<RegistryState>(GOLDEN).unwrap(),
+            state
+        );
+        // A file from before the ring, leader terms and sweeps existed.
+        let old = r#"{"version":1,"next_cluster":2,"clusters":{"cluster-1":{"id":"cluster-1","members":{"11":{"grpc_address":"a","raft_address":"a"}},"leader":"11","ready":true}}}"#;
+        let s: RegistryState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.clusters["cluster-1"].leader_term, 0);
+        assert!(s.ring.members.is_empty() && s.ring.relocation.is_none());
+    }
+
     #[tokio::test]
     async fn survives_reopen_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();

@@ -116,6 +116,51 @@ fn state_machine_metadata() {
     pin("snapshot meta", &meta, SNAPSHOT_META);
 }
 
+/// The commands added after the first release of the format (exactly-once
+/// sessions and ring fencing), and the results the state machine records
+/// for client sessions (`sm_meta`), pinned the same way.
+#[test]
+fn session_and_fencing_commands_and_recorded_results() {
+    use ravel_consensus::types::{CommandResult, RequestId};
+    let once = Entry {
+        log_id: log_id(6, 46),
+        payload: EntryPayload::Normal(Command::Once {
+            id: RequestId {
+                session: 0x1122_3344_5566_7788,
+                seq: 9,
+                acked_below: 7,
+            },
+            at_ms: 1_764_000_000_000,
+            cmd: Box::new(Command::Fenced {
+                epoch: 5,
+                cmd: Box::new(Command::Delete { key: b"f".to_vec() }),
+            }),
+        }),
+    };
+    pin("once/fenced entry", &once, ONCE_FENCED_ENTRY);
+    let fence = Entry {
+        log_id: log_id(6, 47),
+        payload: EntryPayload::Normal(Command::Fence { epoch: 6 }),
+    };
+    pin("fence entry", &fence, FENCE_ENTRY);
+    let results = CommandResult::Batch(vec![
+        CommandResult::Done,
+        CommandResult::Value(Some(b"v".to_vec())),
+        CommandResult::Value(None),
+        CommandResult::Applied(true),
+        CommandResult::Stale,
+        CommandResult::Fenced { fence: 6 },
+    ]);
+    pin("recorded results", &results, RESULTS);
+}
+
+const ONCE_FENCED_ENTRY: &str =
+    "01060000000000000001000000000000002e00000000000000010000000600000088776655443322110900000000000000070000000000000000e897b69a01000007000000050000000000000001000000010000000000000066";
+const FENCE_ENTRY: &str =
+    "01060000000000000001000000000000002f0000000000000001000000080000000600000000000000";
+const RESULTS: &str =
+    "010200000006000000000000000000000001000000010100000000000000760100000000030000000104000000050000000600000000000000";
+
 // Captured from the encoder of CODEC_VERSION 1 (bincode 1.3, fixed-width
 // little-endian integers, u64 lengths); never regenerate them to make a
 // failing test pass.

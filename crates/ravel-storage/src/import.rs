@@ -225,6 +225,43 @@ mod tests {
         path
     }
 
+    /// Golden bytes of the snapshot stream (the file a replica keeps and
+    /// sends to a peer): a changed layout fails here before a mixed-version
+    /// cluster meets it. A deliberate change raises `FORMAT_VERSION`.
+    #[test]
+    fn the_snapshot_stream_format_is_pinned() {
+        const GOLDEN: &str = "52564c534e4150000000000100000003686472dc8e9c30430000002e61b4b902010000000c6c6173745f6170706c696564000000014c000000000161000000013100000000026262000000023232450000000000000001000000000000000362c90eac";
+        let dir = tempfile::tempdir().unwrap();
+        let src = engine(&dir, "src");
+        let mut b = src.apply_batch();
+        b.put(b"a", b"1");
+        b.put(b"bb", b"22");
+        b.put_meta("last_applied", b"L");
+        b.commit().unwrap();
+        let mut stream = Vec::new();
+        src.export_snapshot(&mut stream, 1 << 20, |_| b"hdr".to_vec())
+            .unwrap();
+        let hex: String = stream.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN, "the snapshot stream's layout changed");
+        // And the pinned bytes import into a fresh replica.
+        let path = dir.path().join("golden.snap");
+        let raw: Vec<u8> = (0..GOLDEN.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&GOLDEN[i..i + 2], 16).unwrap())
+            .collect();
+        std::fs::write(&path, raw).unwrap();
+        let dst = engine(&dir, "dst");
+        let (header, _) = dst
+            .import_snapshot_file(&path, 1 << 20, |_| Ok(()))
+            .unwrap();
+        assert_eq!(header, b"hdr");
+        assert_eq!(dst.get(b"bb").unwrap().as_deref(), Some(&b"22"[..]));
+        assert_eq!(
+            dst.sm_meta("last_applied").unwrap().as_deref(),
+            Some(&b"L"[..])
+        );
+    }
+
     #[test]
     fn export_import_roundtrip_replaces_everything_in_bounded_batches() {
         let dir = tempfile::tempdir().unwrap();
