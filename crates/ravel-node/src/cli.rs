@@ -53,6 +53,19 @@ enum Cmd {
         #[arg(short = 'l', long = "leader")]
         leader: bool,
     },
+    /// Ask a node (or the admin) for its gRPC health (grpc.health.v1):
+    /// exits 0 if SERVING, 1 otherwise. For container health checks and
+    /// scripts; the image has no shell or curl.
+    Health {
+        /// The gRPC address to ask.
+        #[arg(long, default_value = "127.0.0.1:7101", value_name = "HOST:PORT")]
+        addr: String,
+        /// The service to ask about ("" is the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Leave the cluster for good and delete the data directory: asks the
     /// admin for the leader, leaves through it, deregisters, stops a node
     /// still running on DIR, deletes DIR.
@@ -106,6 +119,33 @@ pub fn main() -> ExitCode {
             logging::init(cfg.log_format, DEFAULT_LOG_FILTER);
             rt.block_on(run(cfg))
         }
+        Cmd::Health {
+            addr,
+            service,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            match rt
+                .block_on(async { tokio::time::timeout(timeout, health(&addr, &service)).await })
+            {
+                Ok(Ok(status)) if status == "Serving" => {
+                    println!("{addr}: SERVING");
+                    ExitCode::SUCCESS
+                }
+                Ok(Ok(status)) => {
+                    println!("{addr}: {status}");
+                    ExitCode::FAILURE
+                }
+                Ok(Err(e)) => {
+                    eprintln!("ravel-node health: {addr}: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(_) => {
+                    eprintln!("ravel-node health: {addr}: no answer within {timeout:?}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Kill {
             storage_dir,
             timeout_secs,
@@ -126,6 +166,25 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The serving status `addr` reports for `service` (`Serving`,
+/// `NotServing`, ...).
+async fn health(addr: &str, service: &str) -> Result<String, String> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    Ok(format!("{:?}", answer.into_inner().status()))
 }
 
 async fn run(cfg: NodeConfig) -> ExitCode {

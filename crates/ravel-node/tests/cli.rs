@@ -95,3 +95,15 @@ fn kill_without_identity_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("identity"));
 }
+
+#[test]
+fn health_of_an_unreachable_address_fails_with_the_reason() {
+    // Port 1 on loopback: nothing listens there.
+    let out = node()
+        .args(["health", "--addr", "127.0.0.1:1", "--timeout-ms", "3000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
