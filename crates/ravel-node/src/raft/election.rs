@@ -280,12 +280,21 @@ pub async fn run(elector: Elector, shutdown: CancellationToken) {
             term: me.vote.leader_id().term + 1,
             last_log_id: last,
         };
-        if pre_vote(&network, id, &me, &req, timing.timeout_min).await {
-            metrics.pre_vote(true);
-            tracing::info!(term = req.term, "pre-vote won; standing for election");
-            let _ = raft.trigger().elect().await;
-        } else {
+        if !pre_vote(&network, id, &me, &req, timing.timeout_min).await {
             metrics.pre_vote(false);
+            continue;
+        }
+        metrics.pre_vote(true);
+        // A leader may have been heard from (or a vote granted) while the
+        // pre-votes were out: standing now would only disturb it.
+        match local(&raft).await {
+            Some(now)
+                if now.vote_changed == me.vote_changed && now.state != ServerState::Leader =>
+            {
+                tracing::info!(term = req.term, "pre-vote won; standing for election");
+                let _ = raft.trigger().elect().await;
+            }
+            _ => tracing::debug!("pre-vote won, but a leader was heard from meanwhile"),
         }
     }
 }
