@@ -27,6 +27,39 @@ pub struct LogStore {
     /// entry): openraft 0.9 gives an AppendEntries one heartbeat interval to
     /// be sent, stored and answered, whatever its size.
     max_append_bytes: usize,
+    /// Told how long each synced append took (the node's metrics); set
+    /// once, after the store is handed to openraft.
+    append_observer: AppendObserver,
+}
+
+/// Where a [`LogStore`] reports the duration of each synced append. Clones
+/// share the slot.
+#[derive(Clone, Default)]
+pub struct AppendObserver(std::sync::Arc<std::sync::OnceLock<ObserveFn>>);
+
+type ObserveFn = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
+impl AppendObserver {
+    /// Sets the observer; later calls are ignored.
+    pub fn set(&self, f: impl Fn(std::time::Duration) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(f));
+    }
+
+    fn observe(&self, took: std::time::Duration) {
+        if let Some(f) = self.0.get() {
+            f(took);
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "AppendObserver(set)"
+        } else {
+            "AppendObserver(unset)"
+        })
+    }
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
@@ -76,6 +109,7 @@ impl LogStore {
         Self {
             engine,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            append_observer: AppendObserver::default(),
         }
     }
 
@@ -116,7 +150,17 @@ impl LogStore {
             encoded.push((entry.log_id.index, bytes));
         }
         let engine = self.engine.clone();
-        blocking(move || engine.append_log(encoded).map_err(write_err)).await
+        let started = std::time::Instant::now();
+        let result = blocking(move || engine.append_log(encoded).map_err(write_err)).await;
+        if result.is_ok() {
+            self.append_observer.observe(started.elapsed());
+        }
+        result
+    }
+
+    /// Where this store reports the duration of each synced append.
+    pub fn append_observer(&self) -> AppendObserver {
+        self.append_observer.clone()
     }
 }
 

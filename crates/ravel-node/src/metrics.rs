@@ -31,6 +31,7 @@ pub struct NodeMetrics {
     run_seconds: HistogramVec,
     batch_commands: Histogram,
     proposal_seconds: Histogram,
+    log_append_seconds: Histogram,
 }
 
 const STATES: [(&str, ServerState); 4] = [
@@ -57,6 +58,7 @@ impl NodeMetrics {
             run_seconds: m::histogram_vec(&r, "ravel_run_duration_seconds", "Time to answer a Run request, by operation.", &["op"], LATENCY_BUCKETS),
             batch_commands: m::histogram(&r, "ravel_proposal_commands", "Client commands per Raft proposal (write batching).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
+            log_append_seconds: m::histogram(&r, "ravel_log_append_duration_seconds", "Time to append entries to the Raft log and sync them to disk (one RocksDB write with fsync).", LATENCY_BUCKETS),
             registry: r,
             raft,
             node_id,
@@ -77,6 +79,13 @@ impl NodeMetrics {
         self.run_seconds
             .with_label_values(&[op])
             .observe(took.as_secs_f64());
+    }
+
+    /// What records each synced log append (given to the log store; holds
+    /// the histogram only, not these metrics).
+    pub fn log_append_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
+        let h = self.log_append_seconds.clone();
+        move |took| h.observe(took.as_secs_f64())
     }
 
     /// One pre-vote round this replica ran.

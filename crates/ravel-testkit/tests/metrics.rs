@@ -122,6 +122,10 @@ async fn nodes_and_admin_serve_metrics_that_parse() {
     );
     assert!(get(&s, "ravel_run_duration_seconds_count", &[("op", "set")]).unwrap() >= 20.0);
     assert!(get(&s, "ravel_proposal_commands_count", &[]).unwrap() >= 1.0);
+    // Every write was appended and synced: 20 sets need at least one.
+    let appends = get(&s, "ravel_log_append_duration_seconds_count", &[]).unwrap();
+    assert!(appends >= 1.0, "{appends} synced appends");
+    assert!(get(&s, "ravel_log_append_duration_seconds_sum", &[]).unwrap() > 0.0);
     assert!(
         get(
             &s,
