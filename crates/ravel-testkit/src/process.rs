@@ -479,6 +479,25 @@ impl ProcSystem {
     }
 
     /// Indexes of the nodes of `cluster_id` that are not removed.
+    /// An admin and one cluster of three replicas (a founder, then two
+    /// that join); returns the system and the cluster's id.
+    pub async fn start_cluster(settings: ProcSettings) -> (ProcSystem, String) {
+        let mut sys = ProcSystem::start(settings).await;
+        let founder = sys.add_node(true).await;
+        let cluster = sys.nodes[founder].cluster_id.clone();
+        sys.add_node(false).await;
+        sys.add_node(false).await;
+        (sys, cluster)
+    }
+
+    /// A member of `cluster_id` other than `not`.
+    pub fn other_member(&self, cluster_id: &str, not: usize) -> usize {
+        self.members(cluster_id)
+            .into_iter()
+            .find(|&i| i != not)
+            .expect("another member")
+    }
+
     pub fn members(&self, cluster_id: &str) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].cluster_id == cluster_id && !self.nodes[i].removed)

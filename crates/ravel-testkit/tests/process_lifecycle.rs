@@ -9,11 +9,7 @@ use ravel_testkit::workload::{Targets, Workload, WorkloadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_promptly() {
-    let mut sys = ProcSystem::start(ProcSettings::default()).await;
-    let founder = sys.add_node(true).await;
-    let cluster = sys.nodes[founder].cluster_id.clone();
-    sys.add_node(false).await;
-    sys.add_node(false).await;
+    let (mut sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
     let targets = Targets {
         nodes: Arc::new(RwLock::new(
             sys.nodes.iter().map(|n| n.addr.clone()).collect(),
@@ -48,11 +44,7 @@ async fn sigterm_under_load_exits_promptly() {
     // `ravel-node kill` of a follower under load: it leaves, deregisters,
     // and its process stops promptly once told to.
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let victim = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let victim = sys.other_member(&cluster, leader);
     let t = Instant::now();
     let removed = sys.remove_node(victim, Duration::from_secs(30)).await;
     let took = t.elapsed();
@@ -140,11 +132,7 @@ async fn leader_cut_off_or_killed_under_load_keeps_the_gap_short() {
             None
         }
     };
-    let mut sys = ProcSystem::start(ProcSettings::default()).await;
-    let founder = sys.add_node(true).await;
-    let cluster = sys.nodes[founder].cluster_id.clone();
-    sys.add_node(false).await;
-    sys.add_node(false).await;
+    let (mut sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
     let targets = Targets {
         nodes: Arc::new(RwLock::new(
             sys.nodes.iter().map(|n| n.addr.clone()).collect(),
@@ -244,17 +232,9 @@ async fn a_replica_whose_disk_fails_exits_non_zero() {
     use ravel_proto::node::Command;
     use ravel_testkit::process::node_client;
 
-    let mut sys = ProcSystem::start(ProcSettings::default()).await;
-    let founder = sys.add_node(true).await;
-    let cluster = sys.nodes[founder].cluster_id.clone();
-    sys.add_node(false).await;
-    sys.add_node(false).await;
+    let (mut sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let victim = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let victim = sys.other_member(&cluster, leader);
     assert!(sys.stop_node(victim).is_some_and(|s| s.success()));
     sys.nodes[victim].env = vec![("RAVEL_FAILPOINTS".into(), "append=5".into())];
     sys.start_node(victim).await;
@@ -321,17 +301,9 @@ async fn a_cut_off_follower_refuses_at_once_instead_of_holding_the_client() {
             return;
         }
     };
-    let mut sys = ProcSystem::start(ProcSettings::default()).await;
-    let founder = sys.add_node(true).await;
-    let cluster = sys.nodes[founder].cluster_id.clone();
-    sys.add_node(false).await;
-    sys.add_node(false).await;
+    let (sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
     let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
-    let follower = sys
-        .members(&cluster)
-        .into_iter()
-        .find(|&i| i != leader)
-        .unwrap();
+    let follower = sys.other_member(&cluster, leader);
     for o in sys.members(&cluster).into_iter().filter(|&o| o != follower) {
         net.partition(sys.nodes[follower].ip, sys.nodes[o].ip)
             .unwrap();
