@@ -19,6 +19,7 @@ mod apply;
 pub mod codec;
 pub mod failpoints;
 mod log_store;
+pub mod observe;
 pub mod sessions;
 mod snapshot_files;
 mod state_machine;
@@ -65,7 +66,8 @@ impl DataDir {
                 source,
             },
         )?;
-        let log = LogStore::new(engine);
+        // One observer for the log and the snapshots (the node's metrics).
+        let log = LogStore::new(engine).with_observer(sm.snapshots.observer.clone());
         let snapshot_last = sm
             .snapshot_last_log_id()
             .map_err(|source| StorageError::Io {

@@ -9,6 +9,7 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use ravel_storage::Engine;
 
 use crate::codec;
+use crate::observe::StorageObserver;
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -27,39 +28,8 @@ pub struct LogStore {
     /// entry): openraft 0.9 gives an AppendEntries one heartbeat interval to
     /// be sent, stored and answered, whatever its size.
     max_append_bytes: usize,
-    /// Told how long each synced append took (the node's metrics); set
-    /// once, after the store is handed to openraft.
-    append_observer: AppendObserver,
-}
-
-/// Where a [`LogStore`] reports the duration of each synced append. Clones
-/// share the slot.
-#[derive(Clone, Default)]
-pub struct AppendObserver(std::sync::Arc<std::sync::OnceLock<ObserveFn>>);
-
-type ObserveFn = Box<dyn Fn(std::time::Duration) + Send + Sync>;
-
-impl AppendObserver {
-    /// Sets the observer; later calls are ignored.
-    pub fn set(&self, f: impl Fn(std::time::Duration) + Send + Sync + 'static) {
-        let _ = self.0.set(Box::new(f));
-    }
-
-    fn observe(&self, took: std::time::Duration) {
-        if let Some(f) = self.0.get() {
-            f(took);
-        }
-    }
-}
-
-impl std::fmt::Debug for AppendObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "AppendObserver(set)"
-        } else {
-            "AppendObserver(unset)"
-        })
-    }
+    /// Told of each synced append (the node's metrics).
+    observer: StorageObserver,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
@@ -109,7 +79,7 @@ impl LogStore {
         Self {
             engine,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
-            append_observer: AppendObserver::default(),
+            observer: StorageObserver::default(),
         }
     }
 
@@ -153,14 +123,21 @@ impl LogStore {
         let started = std::time::Instant::now();
         let result = blocking(move || engine.append_log(encoded).map_err(write_err)).await;
         if result.is_ok() {
-            self.append_observer.observe(started.elapsed());
+            self.observer.report(|e| e.log_appended(started.elapsed()));
         }
         result
     }
 
-    /// Where this store reports the duration of each synced append.
-    pub fn append_observer(&self) -> AppendObserver {
-        self.append_observer.clone()
+    /// Where this store (and the state machine opened with it) reports
+    /// storage events.
+    pub fn observer(&self) -> StorageObserver {
+        self.observer.clone()
+    }
+
+    /// Reports to `observer` (shared with the state machine's snapshots).
+    pub fn with_observer(mut self, observer: StorageObserver) -> Self {
+        self.observer = observer;
+        self
     }
 }
 

@@ -33,6 +33,8 @@ pub(crate) struct SnapshotDir {
     pub(crate) chunk_bytes: usize,
     pub(crate) install_batch_bytes: usize,
     lock: Arc<Mutex<()>>,
+    /// Told of each snapshot built or installed.
+    pub(crate) observer: crate::observe::StorageObserver,
 }
 
 fn storage_err(e: ravel_storage::StorageError) -> std::io::Error {
@@ -54,6 +56,7 @@ impl SnapshotDir {
             chunk_bytes: chunk_bytes.max(1),
             install_batch_bytes: INSTALL_BATCH_BYTES,
             lock: Arc::new(Mutex::new(())),
+            observer: Default::default(),
         }
     }
 

@@ -180,9 +180,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let snapshots = self.snapshots.clone();
         let expected = meta.clone();
         blocking(move || {
+            let started = std::time::Instant::now();
+            let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
             let res = file
                 .sync_all()
                 .and_then(|()| snapshots.install(&engine, &path, &expected));
+            if res.is_ok() {
+                snapshots
+                    .observer
+                    .report(|e| e.snapshot_installed(bytes, started.elapsed()));
+            }
             if res.is_err() && path.exists() {
                 // Not kept: a received file that failed its checks.
                 let _ = std::fs::remove_file(&path);
@@ -217,8 +224,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         crate::failpoints::hit("snapshot_build", self.engine.path()).map_err(snap_err)?;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
+        let started = std::time::Instant::now();
+        let observer = self.snapshots.observer.clone();
         let (meta, path, file) =
             blocking(move || snapshots.build(&engine).map_err(snap_err)).await?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        observer.report(|e| e.snapshot_built(bytes, started.elapsed()));
         let file = tokio::fs::File::from_std(file);
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "built snapshot");
         Ok(Snapshot {

@@ -32,6 +32,9 @@ pub struct NodeMetrics {
     batch_commands: Histogram,
     proposal_seconds: Histogram,
     log_append_seconds: Histogram,
+    snapshots: IntCounterVec,
+    snapshot_bytes: IntCounterVec,
+    snapshot_seconds: HistogramVec,
 }
 
 const STATES: [(&str, ServerState); 4] = [
@@ -59,6 +62,9 @@ impl NodeMetrics {
             batch_commands: m::histogram(&r, "ravel_proposal_commands", "Client commands per Raft proposal (write batching).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
             log_append_seconds: m::histogram(&r, "ravel_log_append_duration_seconds", "Time to append entries to the Raft log and sync them to disk (one RocksDB write with fsync).", LATENCY_BUCKETS),
+            snapshots: m::counter_vec(&r, "ravel_snapshots_total", "Snapshots this replica built (from its state machine) or installed (received from the leader).", &["event"]),
+            snapshot_bytes: m::counter_vec(&r, "ravel_snapshot_bytes_total", "Bytes of the snapshots built or installed.", &["event"]),
+            snapshot_seconds: m::histogram_vec(&r, "ravel_snapshot_duration_seconds", "Time to build a snapshot (export and sync) or install a received one.", &["event"], &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             registry: r,
             raft,
             node_id,
@@ -81,11 +87,15 @@ impl NodeMetrics {
             .observe(took.as_secs_f64());
     }
 
-    /// What records each synced log append (given to the log store; holds
-    /// the histogram only, not these metrics).
-    pub fn log_append_observer(&self) -> impl Fn(Duration) + Send + Sync + 'static {
-        let h = self.log_append_seconds.clone();
-        move |took| h.observe(took.as_secs_f64())
+    /// What the storage layer reports to (holds the metric handles only,
+    /// not these metrics: no reference cycle through Raft).
+    pub fn storage_events(&self) -> Arc<dyn ravel_consensus::observe::StorageEvents> {
+        Arc::new(StorageMetrics {
+            log_append_seconds: self.log_append_seconds.clone(),
+            snapshots: self.snapshots.clone(),
+            snapshot_bytes: self.snapshot_bytes.clone(),
+            snapshot_seconds: self.snapshot_seconds.clone(),
+        })
     }
 
     /// One pre-vote round this replica ran.
@@ -137,6 +147,40 @@ impl Exposition for NodeMetrics {
 
     fn ready(&self) -> Result<String, String> {
         readiness(&self.raft.metrics().borrow(), self.node_id)
+    }
+}
+
+/// The storage layer's events, into the node's metrics.
+struct StorageMetrics {
+    log_append_seconds: Histogram,
+    snapshots: IntCounterVec,
+    snapshot_bytes: IntCounterVec,
+    snapshot_seconds: HistogramVec,
+}
+
+impl StorageMetrics {
+    fn snapshot(&self, event: &str, bytes: u64, took: Duration) {
+        self.snapshots.with_label_values(&[event]).inc();
+        self.snapshot_bytes
+            .with_label_values(&[event])
+            .inc_by(bytes);
+        self.snapshot_seconds
+            .with_label_values(&[event])
+            .observe(took.as_secs_f64());
+    }
+}
+
+impl ravel_consensus::observe::StorageEvents for StorageMetrics {
+    fn log_appended(&self, took: Duration) {
+        self.log_append_seconds.observe(took.as_secs_f64());
+    }
+
+    fn snapshot_built(&self, bytes: u64, took: Duration) {
+        self.snapshot("built", bytes, took);
+    }
+
+    fn snapshot_installed(&self, bytes: u64, took: Duration) {
+        self.snapshot("installed", bytes, took);
     }
 }
 

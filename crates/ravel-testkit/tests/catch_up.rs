@@ -99,6 +99,31 @@ async fn follower_behind_purged_log_catches_up_by_snapshot() {
         snap.is_some_and(|s| s.index > behind),
         "follower did not install a snapshot: {snap:?}"
     );
+    // The metrics saw it: the leader built snapshots, the follower
+    // installed one, both with their sizes.
+    let sample = |i: usize, series: &'static str| {
+        let addr = sys.nodes[i].node().metrics_addr().unwrap().to_string();
+        async move {
+            let text = reqwest::get(format!("http://{addr}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        }
+    };
+    assert!(sample(leader, r#"ravel_snapshots_total{event="built"}"#).await >= 1.0);
+    assert!(sample(leader, r#"ravel_snapshot_bytes_total{event="built"}"#).await > 0.0);
+    assert!(sample(follower, r#"ravel_snapshots_total{event="installed"}"#).await >= 1.0);
+    assert!(sample(follower, r#"ravel_snapshot_bytes_total{event="installed"}"#).await > 0.0);
     sys.shutdown().await;
 }
 

@@ -181,9 +181,7 @@ impl Node {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let metrics = crate::metrics::NodeMetrics::new(raft.clone(), id);
-        log_store
-            .append_observer()
-            .set(metrics.log_append_observer());
+        log_store.observer().set(metrics.storage_events());
         let membership_lock = service::MembershipLock::default();
         let metrics_listener = match &cfg.metrics_addr {
             None => None,
