@@ -22,6 +22,19 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ravel/target}"
 
 ravel_log() { printf '[ravel] %s\n' "$*" >&2; }
 
+# ravel_wait_until SECS WHAT LOGS COMMAND...: runs COMMAND every 0.1 s until
+# it succeeds; after SECS seconds says what it waited for and where the logs
+# are, and exits 1.
+ravel_wait_until() {
+  local secs=$1 what=$2 logs=$3; shift 3
+  for _ in $(seq 1 $((secs * 10))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  ravel_log "timed out waiting for $what; logs in $logs"
+  exit 1
+}
+
 ravel_as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }

@@ -565,6 +565,21 @@ impl ProcSystem {
     pub fn keep(mut self) -> PathBuf {
         self.root.take().expect("root until drop").keep()
     }
+
+    /// Ends a seed of a chaos test: checks `ops` key by key (reports of
+    /// violations written under the system's root) into `violations`, and
+    /// if anything failed keeps the logs and data and says where.
+    pub fn conclude(self, ops: &[crate::history::Operation], violations: &mut Vec<String>) {
+        violations.extend(crate::linearizability::report(
+            ops,
+            &self.root().join("violations"),
+        ));
+        if !violations.is_empty() {
+            violations.push(self.log_tails(30));
+            let dir = self.keep();
+            violations.push(format!("logs, data and reports kept in {}", dir.display()));
+        }
+    }
 }
 
 impl Drop for ProcSystem {

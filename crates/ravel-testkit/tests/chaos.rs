@@ -26,7 +26,6 @@ use ravel_consensus::codec;
 use ravel_proto::raft::raft_client::RaftClient;
 use ravel_proto::raft::RaftMessage;
 use ravel_testkit::history::{History, Outcome};
-use ravel_testkit::linearizability::report;
 use ravel_testkit::nemesis::{Fault, Nemesis, Schedule};
 use ravel_testkit::process::{new_channel, node_client, ProcSettings, ProcSystem};
 use ravel_testkit::workload::{final_reads, ReadVia, Targets, Workload, WorkloadConfig};
@@ -294,12 +293,7 @@ async fn run_seed(seed: u64, faults: usize) -> SeedReport {
 
     let ops = history.operations();
     let (all, ok, _fail, unknown) = history.counts();
-    violations.extend(report(&ops, &sys.root().join("violations")));
-    if !violations.is_empty() {
-        violations.push(sys.log_tails(30));
-        let dir = sys.keep();
-        violations.push(format!("logs, data and reports kept in {}", dir.display()));
-    }
+    sys.conclude(&ops, &mut violations);
     let gap = history.longest_gap_without_success(run_start, run_end) / 1_000_000;
     SeedReport {
         seed,

@@ -29,7 +29,6 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ravel_testkit::history::History;
-use ravel_testkit::linearizability::report;
 use ravel_testkit::nemesis::{seeds, Fault, Nemesis};
 use ravel_testkit::netfault::NetFaults;
 use ravel_testkit::process::{ProcSettings, ProcSystem};
@@ -269,12 +268,7 @@ async fn run_seed(seed: u64) -> SeedReport {
     }
     let ops = history.operations();
     let (all, ok, _fail, unknown) = history.counts();
-    violations.extend(report(&ops, &sys.root().join("violations")));
-    if !violations.is_empty() {
-        violations.push(sys.log_tails(30));
-        let dir = sys.keep();
-        violations.push(format!("logs, data and reports kept in {}", dir.display()));
-    }
+    sys.conclude(&ops, &mut violations);
     SeedReport {
         ops: all,
         ok,
