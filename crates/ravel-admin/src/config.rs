@@ -10,6 +10,7 @@ use std::time::Duration;
 pub use ravel_runtime::config::ConfigError;
 use ravel_runtime::config::{check_addr, Sources};
 use ravel_runtime::logging::LogFormat;
+use ravel_runtime::tls::TlsFiles;
 use serde::Deserialize;
 
 use crate::ring::HashRing;
@@ -44,6 +45,15 @@ pub struct AdminConfig {
     /// OS picks.
     #[serde(default)]
     pub source_ip: Option<std::net::IpAddr>,
+    /// TLS: the HTTP API over HTTPS, and mutual TLS on the gRPC service
+    /// and on every call to nodes. Off unless set.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// A file holding the bearer token every HTTP API request (but
+    /// `/healthz`, `/readyz`, `/metrics`) and every admin gRPC call must
+    /// carry; no token is asked for unless set.
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 fn default_max_key() -> usize {
@@ -77,6 +87,8 @@ const ENV_KEYS: &[&str] = &[
     "request_timeout_ms",
     "log_format",
     "source_ip",
+    "tls",
+    "auth_token_file",
 ];
 
 /// Values given on the command line (the flags of existing deployments).
@@ -101,6 +113,8 @@ impl AdminConfig {
             request_timeout_ms: default_timeout(),
             log_format: LogFormat::default(),
             source_ip: None,
+            tls: None,
+            auth_token_file: None,
         }
     }
 

@@ -64,15 +64,76 @@ pub fn router(state: Arc<AdminState>) -> HttpRouter {
             "/v1/members/{node_id}",
             axum::routing::delete(remove_member),
         )
+        .route("/v1/backup", get(backup))
+        .route(
+            "/v1/restore",
+            post(restore).layer(DefaultBodyLimit::max(
+                crate::backup::MAX_FRAME as usize + 16,
+            )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// `GET /v1/backup`: the backup file, streamed (409 while keys move).
+async fn backup(State(state): State<Arc<AdminState>>) -> Response {
+    if let Some(why) = crate::backup::refuse_backup(&state) {
+        return ApiError(StatusCode::CONFLICT, why).into_response();
+    }
+    (
+        [("content-type", "application/octet-stream")],
+        crate::backup::backup_body(state),
+    )
+        .into_response()
+}
+
+/// `POST /v1/restore`: one entries frame of a backup file, written.
+async fn restore(
+    State(state): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    match crate::backup::restore_frame(&state, &body).await {
+        Ok(n) => Ok(Json(json!({ "restored": n }))),
+        Err(crate::backup::RestoreError::Bad(m)) => Err(bad(m)),
+        Err(crate::backup::RestoreError::Write(e)) => Err(e.into()),
+    }
+}
+
+/// With a token configured, every route but the probes and `/metrics`
+/// needs `Authorization: Bearer <token>`: 401 otherwise.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let open = matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if let (Some(token), false) = (&state.token, open) {
+        let given = request.headers().get(axum::http::header::AUTHORIZATION);
+        if !token.admits(given.map(|v| v.as_bytes())) {
+            let mut answer = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer ...)".into(),
+            )
+            .into_response();
+            answer.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return answer;
+        }
+    }
+    next.run(request).await
 }
 
 fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {

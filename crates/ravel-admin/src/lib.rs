@@ -10,11 +10,14 @@
 //! - `kv`: user operations that stay correct while keys move;
 //! - `relocation`: planning ring changes and moving keys;
 //! - `http`: the user-facing HTTP API;
+//! - [`backup`]: the backup file format, backup streams and restores;
 //! - `state`: the one [`AdminState`](state::AdminState) they all share.
 //!
 //! The `ravel-admin` binary is [`cli`]; the `ravel` command-line client is
-//! `src/bin/ravel.rs`.
+//! [`user_cli`].
 
+pub mod backup;
+mod backup_cli;
 pub mod cli;
 pub mod config;
 pub mod departure;
@@ -29,10 +32,13 @@ pub mod ring;
 mod router;
 mod service;
 mod state;
+pub mod user_cli;
 
 use std::sync::Arc;
 
 use ravel_proto::admin::ravel_cluster_admin_server::RavelClusterAdminServer;
+use ravel_runtime::config::ConfigError;
+use ravel_runtime::tls::{load_tls_setting, load_token_setting, Token};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +53,8 @@ use state::AdminState;
 pub enum AdminError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Config(#[from] ravel_runtime::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -79,9 +87,17 @@ impl Admin {
         cfg: &AdminConfig,
         grpc_listener: Option<TcpListener>,
     ) -> Result<Admin, AdminError> {
+        // Unusable TLS or token files fail the start before anything opens.
+        let tls = load_tls_setting(cfg.tls.as_ref())?;
+        let token = load_token_setting("auth_token_file", cfg.auth_token_file.as_deref())?;
+        let server_tls = (tls.as_ref())
+            .map(ravel_transport::tls::server_config)
+            .transpose()
+            .map_err(|e| ConfigError::invalid("tls", e.to_string()))?;
         let registry = Registry::open(&cfg.data_dir)?;
         registry.adopt_ring(cfg.ring).await?;
-        let admin = Arc::new(AdminState::new(registry, cfg));
+        let client_tls = tls.as_ref().map(ravel_transport::tls::client_config);
+        let admin = Arc::new(AdminState::new(registry, cfg, client_tls, token.clone()));
         let (http_listener, http_addr) = bind(&cfg.http_addr, None).await?;
         let (grpc_listener, grpc_addr) = bind(&cfg.grpc_addr, grpc_listener).await?;
         let shutdown = CancellationToken::new();
@@ -93,13 +109,21 @@ impl Admin {
                 .set_service_status(service, tonic_health::ServingStatus::Serving)
                 .await;
         }
-        let server = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = server_tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| ConfigError::invalid("tls", e.to_string()))?;
+        }
+        // Health and reflection stay open: probes carry no token.
+        let server = server
             .timeout(std::time::Duration::from_secs(30))
             .add_service(health)
             .add_service(ravel_proto::reflection_service())
-            .add_service(RavelClusterAdminServer::new(AdminService::new(
-                admin.clone(),
-            )));
+            .add_service(RavelClusterAdminServer::with_interceptor(
+                AdminService::new(admin.clone()),
+                move |req: tonic::Request<()>| check_token(token.as_ref(), req),
+            ));
         // Accepted sockets need TCP_NODELAY set here: small answers must
         // not wait on delayed ACKs.
         let incoming =
@@ -113,17 +137,19 @@ impl Admin {
 
         let app = http::router(admin.clone());
         let stop = shutdown.clone().cancelled_owned();
-        let http_task = tokio::spawn(async move {
-            let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "admin HTTP server failed");
+        let http_task = match &cfg.tls {
+            Some(files) => {
+                let https = ravel_runtime::tls::https_listener(http_listener, files)
+                    .map_err(|e| ConfigError::invalid("tls", e.to_string()))?;
+                tokio::spawn(serve_http(https, app, stop))
             }
-        });
+            None => {
+                let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(serve_http(http_listener, app, stop))
+            }
+        };
         let mover = tokio::spawn(relocation::run_mover(admin.clone()));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, data = %cfg.data_dir.display(), "admin serving");
         Ok(Admin {
@@ -163,6 +189,39 @@ impl Admin {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Serves the HTTP API on `listener` (plain or TLS) until `stop`.
+async fn serve_http<L>(
+    listener: L,
+    app: axum::Router,
+    stop: tokio_util::sync::WaitForCancellationFutureOwned,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+}
+
+/// The admin gRPC service's gate: with a token configured, a call without
+/// `authorization: Bearer <token>` is refused (UNAUTHENTICATED) before it
+/// reaches the service.
+fn check_token(
+    token: Option<&Token>,
+    req: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    match token {
+        None => Ok(req),
+        Some(t) if t.admits(req.metadata().get("authorization").map(|v| v.as_bytes())) => Ok(req),
+        Some(_) => Err(tonic::Status::unauthenticated(
+            "missing or wrong bearer token (the admin's auth_token_file)",
+        )),
     }
 }
 

@@ -31,6 +31,8 @@ pub struct AdminMetrics {
     keys_moved: IntCounter,
     relocation_errors: IntCounter,
     last_error_time: IntGauge,
+    backups: IntCounterVec,
+    restored_entries: IntCounter,
     /// The mover's last failed step, shown by `ravel status`.
     last_error: std::sync::Mutex<Option<MoverError>>,
 }
@@ -62,6 +64,8 @@ impl AdminMetrics {
             keys_moved: m::counter(&r, "ravel_admin_relocation_keys_moved_total", "Keys this admin process moved between clusters (rate() of it is the relocation rate)."),
             relocation_errors: m::counter(&r, "ravel_admin_relocation_errors_total", "Failed relocation steps (each is retried with backoff)."),
             last_error_time: m::gauge(&r, "ravel_admin_relocation_last_error_timestamp_seconds", "When the last relocation step failed (Unix time; 0: never)."),
+            backups: m::counter_vec(&r, "ravel_admin_backups_total", "Backups streamed, by outcome (ok, failed).", &["outcome"]),
+            restored_entries: m::counter(&r, "ravel_admin_restored_entries_total", "Entries written by restores."),
             last_error: std::sync::Mutex::new(None),
             registry: r,
         }
@@ -91,6 +95,16 @@ impl AdminMetrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A backup stream ended with `outcome`.
+    pub fn backup(&self, outcome: &str) {
+        self.backups.with_label_values(&[outcome]).inc();
+    }
+
+    /// A restore wrote `n` entries.
+    pub fn restored(&self, n: u64) {
+        self.restored_entries.inc_by(n);
     }
 
     /// One call to `cluster`'s leader ended so.

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ravel_runtime::tls::Token;
 use ravel_transport::session::ClientSession;
 use ravel_transport::{ChannelOptions, ChannelPool};
 use tokio::sync::{Notify, RwLock};
+use tonic::transport::ClientTlsConfig;
 
 use crate::config::AdminConfig;
 use crate::registry::Registry;
@@ -44,10 +46,19 @@ pub struct AdminState {
     pub holds: crate::holds::Holds,
     /// Served at `/metrics` on the HTTP port.
     pub metrics: Arc<crate::metrics::AdminMetrics>,
+    /// The bearer token the HTTP API and the gRPC service require; `None`:
+    /// no token asked for.
+    pub token: Option<Token>,
 }
 
 impl AdminState {
-    pub fn new(registry: Registry, cfg: &AdminConfig) -> Self {
+    /// `tls`: how calls to nodes dial (mutual TLS), `None` for plain TCP.
+    pub fn new(
+        registry: Registry,
+        cfg: &AdminConfig,
+        tls: Option<ClientTlsConfig>,
+        token: Option<Token>,
+    ) -> Self {
         let registry = Arc::new(registry);
         let router_metrics = Arc::new(crate::metrics::AdminMetrics::new());
         Self {
@@ -55,6 +66,7 @@ impl AdminState {
                 registry.clone(),
                 ChannelPool::new(ChannelOptions {
                     source_ip: cfg.source_ip,
+                    tls,
                     ..Default::default()
                 }),
                 cfg.ring,
@@ -71,6 +83,7 @@ impl AdminState {
             },
             holds: Default::default(),
             metrics: router_metrics,
+            token,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ravel_proto::admin::ravel_cluster_admin_client::RavelClusterAdminClient;
 use ravel_proto::admin::{Cluster, Node as AdminNode};
+use ravel_runtime::tls::Token;
 use ravel_transport::retry::{retry, Attempts};
 use ravel_transport::{ChannelPool, TransportError};
 use tonic::transport::Channel;
@@ -37,13 +38,17 @@ impl AdminLinkError {
 pub struct AdminLink {
     addr: String,
     pool: ChannelPool,
+    /// Sent as `authorization: Bearer ...` on every call, when the admin
+    /// requires a token.
+    token: Option<Token>,
 }
 
 impl AdminLink {
-    pub fn new(addr: impl Into<String>, pool: ChannelPool) -> Self {
+    pub fn new(addr: impl Into<String>, pool: ChannelPool, token: Option<Token>) -> Self {
         Self {
             addr: addr.into(),
             pool,
+            token,
         }
     }
 
@@ -51,9 +56,14 @@ impl AdminLink {
         Ok(RavelClusterAdminClient::new(self.pool.channel(&self.addr)?))
     }
 
-    fn request<T>(body: T) -> tonic::Request<T> {
+    fn request<T>(&self, body: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(body);
         req.set_timeout(CALL_TIMEOUT);
+        if let Some(token) = &self.token {
+            if let Ok(value) = token.bearer().parse() {
+                req.metadata_mut().insert("authorization", value);
+            }
+        }
         req
     }
 
@@ -98,7 +108,7 @@ impl AdminLink {
         attempts: Attempts,
     ) -> Result<Cluster, AdminLinkError> {
         self.call(attempts, |mut c| {
-            let req = Self::request(me.clone());
+            let req = self.request(me.clone());
             async move {
                 let r = if found {
                     c.join_as_cluster_leader(req).await
@@ -118,7 +128,7 @@ impl AdminLink {
         attempts: Attempts,
     ) -> Result<AdminNode, AdminLinkError> {
         self.call(attempts, |mut c| {
-            let req = Self::request(Cluster {
+            let req = self.request(Cluster {
                 cluster_id: cluster_id.to_string(),
                 ..Default::default()
             });
@@ -135,7 +145,7 @@ impl AdminLink {
         attempts: Attempts,
     ) -> Result<(), AdminLinkError> {
         self.call(attempts, |mut c| {
-            let req = Self::request(cluster.clone());
+            let req = self.request(cluster.clone());
             async move { c.initiate_data_relocation(req).await.map(|_| ()) }
         })
         .await
@@ -149,7 +159,7 @@ impl AdminLink {
         attempts: Attempts,
     ) -> Result<(), AdminLinkError> {
         self.call(attempts, |mut c| {
-            let mut req = Self::request(me.clone());
+            let mut req = self.request(me.clone());
             req.metadata_mut().insert(
                 ravel_proto::metadata::TERM,
                 term.to_string().parse().expect("digits are ASCII"),
@@ -166,7 +176,7 @@ impl AdminLink {
         attempts: Attempts,
     ) -> Result<(), AdminLinkError> {
         self.call(attempts, |mut c| {
-            let req = Self::request(me.clone());
+            let req = self.request(me.clone());
             async move { c.leave_cluster(req).await.map(|_| ()) }
         })
         .await

@@ -2,14 +2,15 @@
 //! The binary's `main` is [`main`]; the testkit's test binaries call it
 //! too, so tests start real processes through exactly this code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ravel_runtime::logging::{self, LogFormat};
+use ravel_transport::ChannelPool;
 
-use crate::config::{NodeConfig, Overrides};
+use crate::config::{ConfigError, Credentials, NodeConfig, Overrides};
 use crate::kill;
 use crate::node::{Node, NodeError, StartOptions};
 
@@ -65,6 +66,10 @@ enum Cmd {
         service: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// The node's TOML configuration: with a `[tls]` section, ask over
+        /// mutual TLS with the node's own certificate.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Leave the cluster for good and delete the data directory: asks the
     /// admin for the leader, leaves through it, deregisters, stops a node
@@ -77,6 +82,10 @@ enum Cmd {
         /// waits while the admin moves the cluster's keys away).
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// The replica's TOML configuration, for its `[tls]` section and
+        /// `auth_token_file` when the admin requires them.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -123,11 +132,19 @@ pub fn main() -> ExitCode {
             addr,
             service,
             timeout_ms,
+            config,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
-            match rt
-                .block_on(async { tokio::time::timeout(timeout, health(&addr, &service)).await })
-            {
+            let creds = match credentials(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ravel-node health: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(async {
+                tokio::time::timeout(timeout, health(&addr, &service, &creds)).await
+            }) {
                 Ok(Ok(status)) if status == "Serving" => {
                     println!("{addr}: SERVING");
                     ExitCode::SUCCESS
@@ -149,9 +166,18 @@ pub fn main() -> ExitCode {
         Cmd::Kill {
             storage_dir,
             timeout_secs,
+            config,
         } => {
             logging::init(LogFormat::Text, DEFAULT_LOG_FILTER);
-            match rt.block_on(kill::kill(&storage_dir, Duration::from_secs(timeout_secs))) {
+            let creds = match credentials(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ravel-node kill: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let timeout = Duration::from_secs(timeout_secs);
+            match rt.block_on(kill::kill(&storage_dir, &creds, timeout)) {
                 Ok(()) => {
                     println!(
                         "removed the replica in {} from its cluster and deleted its data",
@@ -168,16 +194,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The TLS identity and token of the node configured in `file`; none
+/// without a file.
+fn credentials(file: Option<&Path>) -> Result<Credentials, ConfigError> {
+    match file {
+        None => Ok(Credentials::default()),
+        Some(f) => NodeConfig::load(Some(f), &Overrides::default())?.credentials(),
+    }
+}
+
 /// The serving status `addr` reports for `service` (`Serving`,
 /// `NotServing`, ...).
-async fn health(addr: &str, service: &str) -> Result<String, String> {
+async fn health(addr: &str, service: &str, creds: &Credentials) -> Result<String, String> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let pool = ChannelPool::new(creds.channel_options());
+    let channel = pool.channel(addr).map_err(|e| e.to_string())?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),

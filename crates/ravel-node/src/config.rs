@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use ravel_runtime::config::ConfigError;
 use ravel_runtime::config::{check_addr, check_advertisable, Sources};
 use ravel_runtime::logging::LogFormat;
+use ravel_runtime::tls::{load_tls_setting, load_token_setting, TlsFiles, TlsPem, Token};
 use serde::Deserialize;
 
 /// Everything a replica needs to run.
@@ -55,6 +56,34 @@ pub struct NodeConfig {
     /// address; off unless set.
     #[serde(default)]
     pub metrics_addr: Option<String>,
+    /// Mutual TLS on every gRPC connection this node accepts or opens
+    /// (Raft, forwarding, the admin); off unless set. The metrics port
+    /// stays plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// A file holding the bearer token the admin requires (its
+    /// `auth_token_file`); sent on every call to the admin.
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// What a node proves itself with: its TLS identity (on every gRPC
+/// connection it opens or accepts) and the admin's token. Loaded once from
+/// the config; the default is plain TCP and no token.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub tls: Option<TlsPem>,
+    pub admin_token: Option<Token>,
+}
+
+impl Credentials {
+    /// Channels that dial over mutual TLS when there is a TLS identity.
+    pub fn channel_options(&self) -> ravel_transport::ChannelOptions {
+        ravel_transport::ChannelOptions {
+            tls: self.tls.as_ref().map(ravel_transport::tls::client_config),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -282,11 +311,19 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Reads the TLS files and the token file, checking each.
+    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+        Ok(Credentials {
+            tls: load_tls_setting(self.tls.as_ref())?,
+            admin_token: load_token_setting("auth_token_file", self.auth_token_file.as_deref())?,
+        })
+    }
+
     /// How this node's outbound gRPC channels connect.
-    pub fn channel_options(&self) -> ravel_transport::ChannelOptions {
+    pub fn channel_options(&self, creds: &Credentials) -> ravel_transport::ChannelOptions {
         ravel_transport::ChannelOptions {
             source_ip: self.source_ip,
-            ..Default::default()
+            ..creds.channel_options()
         }
     }
 
@@ -348,6 +385,8 @@ const ENV_KEYS: &[&str] = &[
     "log_format",
     "source_ip",
     "metrics_addr",
+    "tls",
+    "auth_token_file",
     "raft",
     "snapshot",
     "limits",

@@ -10,6 +10,8 @@ use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_runtime::lock::LockError;
 use ravel_transport::retry::{retry, Attempts};
 use ravel_transport::{ChannelPool, TransportError};
+
+use crate::config::Credentials;
 use tokio::time::Instant;
 
 use crate::admin_link::{AdminLink, AdminLinkError};
@@ -49,9 +51,17 @@ pub enum KillError {
 
 /// Removes this replica from its cluster and from the admin's registry
 /// (steps 1-3 of `kill`), without touching local data.
-pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(), KillError> {
-    let pool = ChannelPool::default();
-    let admin = AdminLink::new(identity.admin_addr.clone(), pool.clone());
+pub async fn leave_cluster(
+    identity: &Identity,
+    creds: &Credentials,
+    deadline: Instant,
+) -> Result<(), KillError> {
+    let pool = ChannelPool::new(creds.channel_options());
+    let admin = AdminLink::new(
+        identity.admin_addr.clone(),
+        pool.clone(),
+        creds.admin_token.clone(),
+    );
     // `Leave` even when the identity does not say `joined`: a replica that
     // crashed after the group added it, before it recorded the join, is a
     // member all the same (a voter every quorum counts, or a learner).
@@ -89,13 +99,13 @@ pub async fn leave_cluster(identity: &Identity, deadline: Instant) -> Result<(),
 }
 
 /// The whole `kill`: leave, stop a running process, delete the data.
-pub async fn kill(dir: &Path, timeout: Duration) -> Result<(), KillError> {
+pub async fn kill(dir: &Path, creds: &Credentials, timeout: Duration) -> Result<(), KillError> {
     let identity =
         Identity::load(dir)?.ok_or_else(|| KillError::NoIdentity(dir.display().to_string()))?;
     let started = Instant::now();
     let deadline = started + timeout;
     // The whole of it within the timeout, whatever one call's own timeout.
-    tokio::time::timeout_at(deadline, leave_cluster(&identity, deadline))
+    tokio::time::timeout_at(deadline, leave_cluster(&identity, creds, deadline))
         .await
         .map_err(|_| KillError::Timeout(timeout))??;
     if let Some(pid) = identity::running_pid(dir)? {

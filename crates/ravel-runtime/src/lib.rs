@@ -14,9 +14,11 @@
 //! - [`logging`]: the tracing subscriber (`text` or `json`, `RAVEL_LOG`);
 //! - [`metrics`]: Prometheus registration helpers, the text encoder, and
 //!   the `/metrics`, `/healthz`, `/readyz` endpoint;
-//! - [`signal`]: waiting for SIGTERM or SIGINT.
+//! - [`signal`]: waiting for SIGTERM or SIGINT;
+//! - [`tls`]: the `[tls]` files, the HTTPS listener, bearer tokens.
 //!
-//! Nothing here knows about Raft, RocksDB or gRPC.
+//! Nothing here knows about Raft, RocksDB or gRPC (gRPC's TLS is built from
+//! [`tls::TlsPem`] by `ravel-transport`).
 
 pub mod config;
 pub mod durable;
@@ -24,3 +26,4 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod signal;
+pub mod tls;

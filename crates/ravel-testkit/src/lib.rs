@@ -10,6 +10,7 @@
 //! (Over 400 lines: `TestSystem` is one type whose operations tests call;
 //! splitting it would scatter one API over files.)
 
+pub mod certs;
 pub mod history;
 pub mod http;
 pub mod linearizability;
@@ -27,6 +28,7 @@ use ravel_node::config::{Limits, RaftSettings, SnapshotSettings};
 use ravel_node::{Node, NodeConfig, StartOptions};
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::Command as PbCommand;
+use ravel_runtime::tls::TlsFiles;
 pub use ravel_transport::Faults;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -76,6 +78,11 @@ pub struct TestSettings {
     pub raft: RaftSettings,
     pub snapshot: SnapshotSettings,
     pub limits: Limits,
+    /// TLS files of the admin and every node (one certificate for all:
+    /// it names 127.0.0.1); `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// The token file the admin requires and the nodes present.
+    pub auth_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for TestSettings {
@@ -93,6 +100,8 @@ impl Default for TestSettings {
                 request_timeout_ms: 3_000,
                 ..Limits::default()
             },
+            tls: None,
+            auth_token_file: None,
         }
     }
 }
@@ -148,6 +157,8 @@ impl TestSystem {
         // The admin accepts what the nodes accept.
         admin_config.max_key_bytes = settings.limits.max_key_bytes;
         admin_config.max_value_bytes = settings.limits.max_value_bytes;
+        admin_config.tls = settings.tls.clone();
+        admin_config.auth_token_file = settings.auth_token_file.clone();
         let admin = Admin::start(&admin_config, Some(listener))
             .await
             .expect("start admin");
@@ -231,6 +242,8 @@ impl TestSystem {
             source_ip: None,
             // Every test node serves metrics (on a port of its own).
             metrics_addr: Some("127.0.0.1:0".into()),
+            tls: self.settings.tls.clone(),
+            auth_token_file: self.settings.auth_token_file.clone(),
         };
         config.validate().expect("valid test config");
         let node = Node::start(

@@ -46,6 +46,25 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs the `ravel` CLI (the testkit's `ravel-test-cli`) with `args` to its
+/// end, at most `timeout`; its exit status, stdout and stderr.
+pub async fn ravel_cli(args: Vec<String>, timeout: Duration) -> std::process::Output {
+    let what = args.join(" ");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin("ravel-test-cli"))
+            .args(&args)
+            .env_remove("RAVEL_ADMIN_HTTP")
+            .env_remove("RAVEL_CA")
+            .env_remove("RAVEL_TOKEN_FILE")
+            .output()
+            .expect("run ravel-test-cli")
+    });
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("`ravel {what}` did not end within {timeout:?}"))
+        .expect("join")
+}
+
 /// A process of the system; SIGKILLed when dropped.
 #[derive(Debug)]
 struct Proc {

@@ -72,6 +72,7 @@ async fn fourth_replica_joins_then_one_leaves_for_good() {
     let identity = Identity::load(&dir).unwrap().unwrap();
     ravel_node::kill::leave_cluster(
         &identity,
+        &Default::default(),
         tokio::time::Instant::now() + Duration::from_secs(20),
     )
     .await
@@ -102,6 +103,7 @@ async fn fourth_replica_joins_then_one_leaves_for_good() {
     // Leaving again is harmless.
     ravel_node::kill::leave_cluster(
         &identity,
+        &Default::default(),
         tokio::time::Instant::now() + Duration::from_secs(5),
     )
     .await
@@ -118,7 +120,7 @@ async fn kill_removes_data_and_registration() {
     let dir = sys.nodes[victim].config.data_dir.clone();
     // The in-process node is stopped first, as SIGTERM would stop a process.
     sys.crash(victim).await;
-    ravel_node::kill::kill(&dir, Duration::from_secs(20))
+    ravel_node::kill::kill(&dir, &Default::default(), Duration::from_secs(20))
         .await
         .expect("kill");
     assert!(!dir.exists(), "kill left the data directory");
@@ -150,7 +152,7 @@ async fn kill_of_a_replica_that_never_recorded_its_join_removes_it_from_raft() {
     });
     assert!(voters(&sys, leader).contains(&victim_id));
 
-    ravel_node::kill::kill(&dir, Duration::from_secs(20))
+    ravel_node::kill::kill(&dir, &Default::default(), Duration::from_secs(20))
         .await
         .expect("kill");
     let members: BTreeSet<u64> = sys.nodes[leader]
@@ -244,7 +246,7 @@ async fn kill_gives_up_at_its_timeout_and_keeps_the_data() {
     let started = std::time::Instant::now();
     let res = tokio::time::timeout(
         Duration::from_secs(30),
-        ravel_node::kill::kill(&dir, Duration::from_secs(1)),
+        ravel_node::kill::kill(&dir, &Default::default(), Duration::from_secs(1)),
     )
     .await
     .expect("kill returns");
@@ -373,6 +375,7 @@ async fn concurrent_and_half_failed_kills_end_with_raft_and_registry_agreeing() 
             tokio::spawn(async move {
                 ravel_node::kill::leave_cluster(
                     &identity,
+                    &Default::default(),
                     tokio::time::Instant::now() + Duration::from_secs(30),
                 )
                 .await
@@ -414,6 +417,7 @@ async fn concurrent_and_half_failed_kills_end_with_raft_and_registry_agreeing() 
     // The second kill.
     ravel_node::kill::leave_cluster(
         &identity,
+        &Default::default(),
         tokio::time::Instant::now() + Duration::from_secs(30),
     )
     .await

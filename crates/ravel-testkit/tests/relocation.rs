@@ -201,6 +201,7 @@ async fn last_replica_leaving_moves_its_keys_away() {
     // The kill flow: LeaveCluster answers only once the keys are elsewhere.
     ravel_node::kill::leave_cluster(
         &identity,
+        &Default::default(),
         tokio::time::Instant::now() + Duration::from_secs(60),
     )
     .await
@@ -426,6 +427,7 @@ async fn decommission(sys: &mut TestSystem, cluster: &str) {
     let identity = ravel_node::identity::Identity::load(&dir).unwrap().unwrap();
     ravel_node::kill::leave_cluster(
         &identity,
+        &Default::default(),
         tokio::time::Instant::now() + Duration::from_secs(60),
     )
     .await

@@ -7,6 +7,7 @@
 //! - [`retry`]: the one retry policy (backoff with jitter, deadline, cancel);
 //! - [`session`]: request ids for exactly-once writes (session, sequence,
 //!   watermark), carried in metadata on every attempt;
+//! - [`tls`]: gRPC over mutual TLS, from a process's `[tls]` files;
 //! - [`TransportError`]: what went wrong talking to a peer, classified once;
 //! - [`Faults`]: test-only fault injection (feature `fault-injection`).
 
@@ -15,6 +16,7 @@ mod faults;
 mod pool;
 pub mod retry;
 pub mod session;
+pub mod tls;
 
 pub use error::{is_broken_call, TransportError};
 pub use faults::Faults;

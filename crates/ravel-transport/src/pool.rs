@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::TransportError;
 
@@ -21,6 +21,8 @@ pub struct ChannelOptions {
     /// Outbound connections leave from this local IP (multi-homed hosts;
     /// tests give each process its own loopback IP). `None`: the OS picks.
     pub source_ip: Option<IpAddr>,
+    /// Mutual TLS to every peer (see [`crate::tls`]); `None`: plain TCP.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ChannelOptions {
@@ -30,6 +32,7 @@ impl Default for ChannelOptions {
             keep_alive_interval: Duration::from_secs(5),
             keep_alive_timeout: Duration::from_secs(5),
             source_ip: None,
+            tls: None,
         }
     }
 }
@@ -49,23 +52,33 @@ impl ChannelPool {
         }
     }
 
-    /// The channel to `addr` (`host:port`, or a URI with a scheme). Nothing
-    /// connects until the first call; a broken connection is re-established
-    /// by the channel itself on the next call.
+    /// The channel to `addr` (`host:port`, or a URI with a scheme; a
+    /// `host:port` is dialled over TLS when the pool has TLS settings).
+    /// Nothing connects until the first call; a broken connection is
+    /// re-established by the channel itself on the next call.
     pub fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
+        let invalid = |e: tonic::transport::Error| TransportError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        };
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| TransportError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+        let mut endpoint = Endpoint::from_shared(uri).map_err(invalid)?;
+        if let Some(tls) = &self.options.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+        }
         let channel = endpoint
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)

@@ -133,14 +133,24 @@ struct Bound {
 impl Node {
     /// Starts a replica from `cfg` and serves until [`Node::shutdown`].
     pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<Node, NodeError> {
+        // Unusable TLS or token files fail the start before anything opens.
+        let creds = cfg.credentials()?;
+        let server_tls = (creds.tls.as_ref())
+            .map(ravel_transport::tls::server_config)
+            .transpose()
+            .map_err(|e| ConfigError::invalid("tls", e.to_string()))?;
         let dir = cfg.data_dir.clone();
         let opened = open_data_dir(&dir, &cfg)?;
         let engine = opened.state_machine.engine().clone();
         let bound = bind(&cfg, opts.listener).await?;
         let mut identity = load_identity(&dir, &cfg, &bound)?;
         let id = identity.node_id;
-        let pool = ChannelPool::new(cfg.channel_options());
-        let admin = AdminLink::new(cfg.admin_addr.clone(), pool.clone());
+        let pool = ChannelPool::new(cfg.channel_options(&creds));
+        let admin = AdminLink::new(
+            cfg.admin_addr.clone(),
+            pool.clone(),
+            creds.admin_token.clone(),
+        );
         let shutdown = CancellationToken::new();
         let setup_timeout = opts.setup_timeout;
         let setup_cancel = shutdown.clone();
@@ -239,6 +249,7 @@ impl Node {
                     lease,
                 ),
                 service::ServerLimits::from_config(&cfg),
+                server_tls,
                 shutdown.clone(),
             )),
             tokio::spawn(service::finish_joint_changes(

@@ -1,7 +1,7 @@
 //! `ravel.node.v1.RavelNodeExt`: what the compatibility service lacks.
 //! `Status` (this replica's view of its cluster) is served by any replica;
-//! partition listings and conditional writes (the mover's tools) by the
-//! leader only: callers find the leader themselves.
+//! partition listings, conditional writes (the mover's tools) and backup
+//! streams by the leader only: callers find the leader themselves.
 
 use std::collections::HashSet;
 
@@ -9,8 +9,8 @@ use ravel_consensus::types::NodeId;
 use ravel_consensus::{Command, CommandResult};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
 use ravel_proto::ext::{
-    Applied, FenceRequest, FenceResponse, KeyValue, ListPartitionsRequest, ListPartitionsResponse,
-    StatusRequest, StatusResponse,
+    Applied, BackupPage, BackupRequest, FenceRequest, FenceResponse, KeyValue,
+    ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
 };
 use ravel_transport::session::RequestId;
 use tonic::{Request, Response, Status};
@@ -22,9 +22,51 @@ use super::{NodeService, NodeState};
 const MAX_LIST_LIMIT: u32 = 10_000;
 /// Keys read from the database per scan step of a listing.
 const SCAN_STEP: usize = 512;
+/// Keys and values per page of a backup stream.
+const BACKUP_PAGE_BYTES: usize = 1 << 20;
+
+type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<BackupPage, Status>>;
 
 #[tonic::async_trait]
 impl RavelNodeExt for NodeService {
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        _request: Request<BackupRequest>,
+    ) -> Result<Response<BackupStream>, Status> {
+        self.state.check_running()?;
+        consistent_point(&self.state, "backup").await?;
+        let applied_index = (self.state.raft.metrics().borrow().last_applied)
+            .map(|l| l.index)
+            .unwrap_or(0);
+        // Two pages in flight at most: a slow reader holds the export, not
+        // memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let engine = self.state.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let sent = engine.export_data(BACKUP_PAGE_BYTES, |page| {
+                let entries = page
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect();
+                tx.blocking_send(Ok(BackupPage {
+                    entries,
+                    applied_index,
+                }))
+                .is_ok()
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(Status::internal(format!(
+                    "reading the data for a backup: {e}"
+                ))));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,
@@ -118,6 +160,19 @@ fn status(s: &NodeState) -> StatusResponse {
 
 /// A page of the entries of the given partitions, in key order after the
 /// cursor, as of a confirmed read index.
+/// The leader's read index for a consistent `what`: confirmed with a
+/// quorum, and applied locally, before the data is read.
+async fn consistent_point(s: &NodeState, what: &str) -> Result<(), Status> {
+    s.leader_only()?;
+    match s.confirm_leadership(s.deadline()).await {
+        Ok(()) => Ok(()),
+        Err(Unconfirmed::NotLeader) => Err(Status::unavailable(format!(
+            "cannot serve a consistent {what}: not the leader"
+        ))),
+        Err(Unconfirmed::Unavailable(st)) => Err(st),
+    }
+}
+
 async fn list_partitions(
     s: &NodeState,
     req: ListPartitionsRequest,
@@ -130,16 +185,7 @@ async fn list_partitions(
             "partition {p} >= partition_count"
         )));
     }
-    s.leader_only()?;
-    match s.confirm_leadership(s.deadline()).await {
-        Ok(()) => {}
-        Err(Unconfirmed::NotLeader) => {
-            return Err(Status::unavailable(
-                "cannot serve a consistent listing: not the leader",
-            ))
-        }
-        Err(Unconfirmed::Unavailable(st)) => return Err(st),
-    }
+    consistent_point(s, "listing").await?;
     let wanted: HashSet<u32> = req.partitions.iter().copied().collect();
     let limit = req.limit.clamp(1, MAX_LIST_LIMIT) as usize;
     // Scan at most this many keys per call, matching or not, so one page

@@ -227,6 +227,7 @@ pub async fn serve(
     state: Arc<NodeState>,
     raft_service: RaftService,
     limits: ServerLimits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) {
     let service = NodeService { state };
@@ -238,7 +239,17 @@ pub async fn serve(
         service.state.id,
         reporter,
     ));
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = match server.tls_config(tls) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up TLS for the gRPC server");
+                return;
+            }
+        };
+    }
+    let router = server
         .concurrency_limit_per_connection(limits.max_in_flight)
         .tcp_nodelay(true)
         .add_service(health)
