@@ -564,6 +564,36 @@ mod tests {
         ));
     }
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The format's bytes, pinned: a change makes existing backups
+    /// unreadable, so it needs a new MAGIC or FORMAT and a reader for the
+    /// old one.
+    #[test]
+    fn golden_bytes() {
+        let (mut w, mut file) = Writer::new();
+        file.extend(w.header(&Header {
+            format: FORMAT,
+            created_unix_ms: 1_700_000_000_000,
+            clusters: vec!["cluster-1".into()],
+            registry: serde_json::json!({"v": 1}),
+        }));
+        file.extend(w.entries("cluster-1", &[(b"k".to_vec(), b"\"v\"".to_vec())]));
+        file.extend(w.trailer());
+        let want = concat!(
+            "524156454c424b3101000000587b22666f726d6174223a312c22637265617465",
+            "645f756e69785f6d73223a313730303030303030303030302c22636c75737465",
+            "7273223a5b22636c75737465722d31225d2c227265676973747279223a7b2276",
+            "223a317d7d07781d5d020000001b0009636c75737465722d3100000001000000",
+            "016b00000003227622757a9b0903000000207b22656e7472696573223a312c22",
+            "6372633332223a323031313138353635367d76e2e13b",
+        );
+        assert_eq!(hex(&file), want, "the backup format changed");
+        assert_eq!(read_all(&file).unwrap().len(), 3);
+    }
+
     #[test]
     fn a_restore_body_is_one_checked_entries_frame() {
         let f = entries_frame("c9", &[(b"k".to_vec(), b"v".to_vec())]);
