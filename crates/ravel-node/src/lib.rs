@@ -8,6 +8,9 @@
 //! 3. `ravel-consensus`: the entry is replicated (`raft`: openraft's
 //!    network over gRPC) and applied to RocksDB.
 //!
+//! A linearizable read waits on `read_index`: one leadership confirmation
+//! with a quorum shared by every read waiting when it starts.
+//!
 //! `node` is the lifecycle (found / join / restart / shutdown), `kill` the
 //! planned removal, `notifier` tells the admin about leadership through
 //! `admin_link` (every call to the admin), and [`config`] loads the
@@ -25,6 +28,7 @@ mod metrics;
 mod node;
 mod notifier;
 mod raft;
+mod read_index;
 mod service;
 
 pub use config::{NodeConfig, Overrides};

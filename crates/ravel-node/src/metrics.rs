@@ -31,6 +31,7 @@ pub struct NodeMetrics {
     run_seconds: HistogramVec,
     batch_commands: Histogram,
     proposal_seconds: Histogram,
+    read_round_reads: Histogram,
     log_append_seconds: Histogram,
     snapshots: IntCounterVec,
     snapshot_bytes: IntCounterVec,
@@ -61,6 +62,7 @@ impl NodeMetrics {
             run_seconds: m::histogram_vec(&r, "ravel_run_duration_seconds", "Time to answer a Run request, by operation.", &["op"], LATENCY_BUCKETS),
             batch_commands: m::histogram(&r, "ravel_proposal_commands", "Client commands per Raft proposal (write batching).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
+            read_round_reads: m::histogram(&r, "ravel_read_index_round_reads", "Linearizable reads served by one read-index round (one leadership confirmation with a quorum).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             log_append_seconds: m::histogram(&r, "ravel_log_append_duration_seconds", "Time to append entries to the Raft log and sync them to disk (one RocksDB write with fsync).", LATENCY_BUCKETS),
             snapshots: m::counter_vec(&r, "ravel_snapshots_total", "Snapshots this replica built (from its state machine) or installed (received from the leader).", &["event"]),
             snapshot_bytes: m::counter_vec(&r, "ravel_snapshot_bytes_total", "Bytes of the snapshots built or installed.", &["event"]),
@@ -109,6 +111,11 @@ impl NodeMetrics {
     pub fn proposal_done(&self, commands: usize, took: Duration) {
         self.batch_commands.observe(commands as f64);
         self.proposal_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One read-index round, shared by `reads` reads.
+    pub fn read_round(&self, reads: usize) {
+        self.read_round_reads.observe(reads as f64);
     }
 
     fn refresh(&self) {

@@ -228,6 +228,10 @@ impl Node {
                 contact.clone(),
                 metrics.clone(),
             ),
+            read_index: crate::read_index::ReadIndex::new(raft.clone(), cfg.request_timeout(), {
+                let metrics = metrics.clone();
+                move |reads| metrics.read_round(reads)
+            }),
             metrics: metrics.clone(),
             membership_lock: membership_lock.clone(),
             contact,

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::ServerState;
 use ravel_consensus::types::NodeId;
@@ -19,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{set_leader, transport_status};
 use super::NodeState;
+use crate::read_index::Confirmation;
 
 /// Who leads, as this node sees it now.
 pub(super) enum Leadership {
@@ -100,24 +100,13 @@ impl NodeState {
     /// confirmation (Raft's read index). Every linearizable answer (`get`,
     /// `IsLeader`, partition listings) goes through here.
     pub(super) async fn confirm_leadership(&self, deadline: Instant) -> Result<(), Unconfirmed> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(Unconfirmed::Unavailable(Status::unavailable(
-                "could not confirm leadership with a quorum within the request deadline",
-            ))),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
-                Err(Unconfirmed::NotLeader)
+        // Shared with every read waiting at the same time (read_index.rs).
+        match self.read_index.confirm(deadline).await {
+            Confirmation::Confirmed => Ok(()),
+            Confirmation::NotLeader => Err(Unconfirmed::NotLeader),
+            Confirmation::Unavailable(why) => {
+                Err(Unconfirmed::Unavailable(Status::unavailable(why)))
             }
-            // Still leader as far as it knows, but a majority did not
-            // answer: asking again at once would only spin until the
-            // deadline. The client may try another node.
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                Err(Unconfirmed::Unavailable(Status::unavailable(format!(
-                    "this node leads but could not reach a majority of its cluster: {q}"
-                ))))
-            }
-            Ok(Err(e)) => Err(Unconfirmed::Unavailable(Status::unavailable(e.to_string()))),
-            Ok(Ok(_)) => Ok(()),
         }
     }
 

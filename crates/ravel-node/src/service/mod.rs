@@ -58,6 +58,8 @@ pub struct NodeState {
     pub engine: Engine,
     /// Gathers concurrent writes into Raft entries (one task per node).
     pub batcher: WriteBatcher,
+    /// Leadership confirmations (read index) shared by concurrent reads.
+    pub read_index: crate::read_index::ReadIndex,
     /// Whether this node, as leader, is in touch with a majority.
     pub contact: QuorumContact,
     /// Whether this node, as follower, still hears from a leader.
