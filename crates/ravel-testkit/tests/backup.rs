@@ -34,6 +34,19 @@ fn cli_args(admin: &str, rest: &[&str]) -> Vec<String> {
     args
 }
 
+/// `ravel backup --out file` against the admin at `admin`, which must
+/// succeed.
+async fn backup_to(admin: &str, file: &std::path::Path) {
+    let out = ravel_cli(
+        cli_args(admin, &["backup", "--out", file.to_str().unwrap()]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.status.success(), "backup failed: {out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("written to"), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_load_restores_into_a_fresh_system() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,19 +97,7 @@ async fn a_backup_under_load_restores_into_a_fresh_system() {
 
     let file = dir.path().join("ravel.backup");
     let acked_before = acked.load(Ordering::SeqCst);
-    let out = ravel_cli(
-        cli_args(
-            source.http_addr(),
-            &["backup", "--out", file.to_str().unwrap()],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(out.status.success(), "backup failed: {out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("written to"),
-        "{out:?}"
-    );
+    backup_to(source.http_addr(), &file).await;
     stop.store(true, Ordering::SeqCst);
     let written = writer.await.unwrap();
     assert!(!dir.path().join("ravel.backup.part").exists());
@@ -165,15 +166,7 @@ async fn a_backup_under_load_restores_into_a_fresh_system() {
     }
     // And nothing else: a backup of the target holds exactly the same.
     let again = dir.path().join("target.backup");
-    let out = ravel_cli(
-        cli_args(
-            target.http_addr(),
-            &["backup", "--out", again.to_str().unwrap()],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(out.status.success(), "{out:?}");
+    backup_to(target.http_addr(), &again).await;
     assert!(
         read_backup(&again) == backup,
         "the restored system holds other keys"
