@@ -169,6 +169,17 @@ impl History {
         gap.max(to.saturating_sub(last))
     }
 
+    /// When the first write (anything but a `get`) invoked after `from`
+    /// was acknowledged, if one was.
+    pub fn first_write_acked_after(&self, from: u64) -> Option<u64> {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.iter()
+            .filter(|o| o.op != Op::Get && o.invoke > from)
+            .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
+            .filter_map(|o| o.complete)
+            .min()
+    }
+
     /// Nanoseconds since the history began.
     pub fn elapsed(&self) -> u64 {
         self.now()
