@@ -8,7 +8,7 @@ use clap::Parser;
 use ravel_runtime::logging;
 
 use crate::config::Overrides;
-use crate::{Admin, AdminConfig};
+use crate::{Admin, AdminConfig, AdminError};
 
 #[derive(Parser)]
 #[command(
@@ -59,7 +59,11 @@ pub fn main() -> ExitCode {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("ravel-admin: {e}");
-                return ExitCode::FAILURE;
+                // A bad setting (TLS or token files) is not worth a restart.
+                return match e {
+                    AdminError::Config(_) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                };
             }
         };
         ravel_runtime::signal::terminated().await;

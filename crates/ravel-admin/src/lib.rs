@@ -100,6 +100,14 @@ impl Admin {
         let admin = Arc::new(AdminState::new(registry, cfg, client_tls, token.clone()));
         let (http_listener, http_addr) = bind(&cfg.http_addr, None).await?;
         let (grpc_listener, grpc_addr) = bind(&cfg.grpc_addr, grpc_listener).await?;
+        // Before any server task starts, so a failure leaves none running.
+        let http_listener = match &cfg.tls {
+            Some(files) => HttpListener::Tls(
+                ravel_runtime::tls::https_listener(http_listener, files)
+                    .map_err(|e| ConfigError::invalid("tls", e.to_string()))?,
+            ),
+            None => HttpListener::Plain(http_listener),
+        };
         let shutdown = CancellationToken::new();
 
         // The standard health service: the admin serves as soon as it is up.
@@ -137,13 +145,9 @@ impl Admin {
 
         let app = http::router(admin.clone());
         let stop = shutdown.clone().cancelled_owned();
-        let http_task = match &cfg.tls {
-            Some(files) => {
-                let https = ravel_runtime::tls::https_listener(http_listener, files)
-                    .map_err(|e| ConfigError::invalid("tls", e.to_string()))?;
-                tokio::spawn(serve_http(https, app, stop))
-            }
-            None => {
+        let http_task = match http_listener {
+            HttpListener::Tls(https) => tokio::spawn(serve_http(https, app, stop)),
+            HttpListener::Plain(http_listener) => {
                 let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
@@ -190,6 +194,12 @@ impl Admin {
             let _ = t.await;
         }
     }
+}
+
+/// The HTTP API's listener.
+enum HttpListener {
+    Plain(TcpListener),
+    Tls(ravel_runtime::tls::HttpsListener),
 }
 
 /// Serves the HTTP API on `listener` (plain or TLS) until `stop`.

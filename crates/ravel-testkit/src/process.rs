@@ -49,19 +49,27 @@ fn bin(name: &str) -> PathBuf {
 /// Runs the `ravel` CLI (the testkit's `ravel-test-cli`) with `args` to its
 /// end, at most `timeout`; its exit status, stdout and stderr.
 pub async fn ravel_cli(args: Vec<String>, timeout: Duration) -> std::process::Output {
-    let what = args.join(" ");
+    run_binary("ravel-test-cli", args, timeout).await
+}
+
+/// Runs the testkit binary `name` (`ravel-test-node`, `ravel-test-admin`,
+/// `ravel-test-cli`) with `args` to its end, at most `timeout`, without the
+/// CLI's environment variables.
+pub async fn run_binary(name: &str, args: Vec<String>, timeout: Duration) -> std::process::Output {
+    let what = format!("{name} {}", args.join(" "));
+    let path = bin(name);
     let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin("ravel-test-cli"))
+        std::process::Command::new(path)
             .args(&args)
             .env_remove("RAVEL_ADMIN_HTTP")
             .env_remove("RAVEL_CA")
             .env_remove("RAVEL_TOKEN_FILE")
             .output()
-            .expect("run ravel-test-cli")
+            .expect("run a testkit binary")
     });
     tokio::time::timeout(timeout, run)
         .await
-        .unwrap_or_else(|_| panic!("`ravel {what}` did not end within {timeout:?}"))
+        .unwrap_or_else(|_| panic!("`{what}` did not end within {timeout:?}"))
         .expect("join")
 }
 

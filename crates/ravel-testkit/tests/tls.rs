@@ -11,7 +11,7 @@ use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::Command as PbCommand;
 use ravel_runtime::tls::TlsFiles;
 use ravel_testkit::certs::{token_file, TestCa};
-use ravel_testkit::process::ravel_cli;
+use ravel_testkit::process::{ravel_cli, run_binary};
 use ravel_testkit::{TestSettings, TestSystem};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -310,4 +310,27 @@ async fn the_cli_speaks_https_with_the_token() {
     .await;
     assert!(!untrusted.status.success(), "{untrusted:?}");
     sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_with_unusable_tls_files_exits_2_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_addr = \"127.0.0.1:0\"\ngrpc_addr = \"127.0.0.1:0\"\ndata_dir = \"{0}/admin\"\n\n[tls]\ncert = \"{0}/absent.pem\"\nkey = \"{0}/absent-key.pem\"\nca = \"{0}/ca.pem\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = run_binary(
+        "ravel-test-admin",
+        vec!["--config".into(), config.display().to_string()],
+        Duration::from_secs(30),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tls") && err.contains("absent.pem"), "{err}");
 }
