@@ -525,6 +525,17 @@ impl ProcSystem {
             .expect("another member")
     }
 
+    /// Workload targets: every node's gRPC address and the admin's HTTP.
+    pub fn targets(&self) -> crate::workload::Targets {
+        crate::workload::Targets {
+            nodes: std::sync::Arc::new(std::sync::RwLock::new(
+                self.nodes.iter().map(|n| n.addr.clone()).collect(),
+            )),
+            http: Some(self.admin_http.clone()),
+            leader: std::sync::Arc::default(),
+        }
+    }
+
     pub fn members(&self, cluster_id: &str) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].cluster_id == cluster_id && !self.nodes[i].removed)

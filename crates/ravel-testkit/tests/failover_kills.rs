@@ -8,12 +8,12 @@
 //! `RAVEL_FAILOVER_KILLS=20 cargo test --workspace --test failover_kills -- --nocapture`
 //! (results in docs/benchmarks.md).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ravel_testkit::history::History;
 use ravel_testkit::process::{ProcSettings, ProcSystem};
-use ravel_testkit::workload::{Targets, Workload, WorkloadConfig};
+use ravel_testkit::workload::{Workload, WorkloadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kills_under_load_fail_over_quickly() {
@@ -22,13 +22,7 @@ async fn leader_kills_under_load_fail_over_quickly() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let (mut sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
-    let targets = Targets {
-        nodes: Arc::new(RwLock::new(
-            sys.nodes.iter().map(|n| n.addr.clone()).collect(),
-        )),
-        http: Some(sys.admin_http.clone()),
-        leader: Arc::new(RwLock::new(None)),
-    };
+    let targets = sys.targets();
     let history = Arc::new(History::new());
     let load = Workload::start(&WorkloadConfig::default(), 5, targets, history.clone());
     let mut took = Vec::new();

@@ -1,22 +1,16 @@
 //! Real processes under load: SIGTERM stops a node promptly.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ravel_testkit::history::History;
 use ravel_testkit::process::{ProcSettings, ProcSystem};
-use ravel_testkit::workload::{Targets, Workload, WorkloadConfig};
+use ravel_testkit::workload::{Workload, WorkloadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_promptly() {
     let (mut sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
-    let targets = Targets {
-        nodes: Arc::new(RwLock::new(
-            sys.nodes.iter().map(|n| n.addr.clone()).collect(),
-        )),
-        http: Some(sys.admin_http.clone()),
-        leader: Arc::new(RwLock::new(None)),
-    };
+    let targets = sys.targets();
     let history = Arc::new(History::new());
     let load = Workload::start(&WorkloadConfig::default(), 7, targets, history.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -70,13 +64,7 @@ async fn removing_the_leader_under_load_elects_a_new_one_promptly() {
     for _ in 0..3 {
         sys.add_node(false).await;
     }
-    let targets = Targets {
-        nodes: Arc::new(RwLock::new(
-            sys.nodes.iter().map(|n| n.addr.clone()).collect(),
-        )),
-        http: Some(sys.admin_http.clone()),
-        leader: Arc::new(RwLock::new(None)),
-    };
+    let targets = sys.targets();
     let history = Arc::new(History::new());
     let load = Workload::start(
         &WorkloadConfig::default(),
@@ -133,13 +121,7 @@ async fn leader_cut_off_or_killed_under_load_keeps_the_gap_short() {
         }
     };
     let (mut sys, cluster) = ProcSystem::start_cluster(ProcSettings::default()).await;
-    let targets = Targets {
-        nodes: Arc::new(RwLock::new(
-            sys.nodes.iter().map(|n| n.addr.clone()).collect(),
-        )),
-        http: Some(sys.admin_http.clone()),
-        leader: Arc::new(RwLock::new(None)),
-    };
+    let targets = sys.targets();
     let history = Arc::new(History::new());
     let load = Workload::start(&WorkloadConfig::default(), 5, targets, history.clone());
     tokio::time::sleep(Duration::from_millis(800)).await;
