@@ -29,8 +29,13 @@ use std::path::{Path, PathBuf};
 use crate::history::{Op, Operation, Outcome, Output};
 
 /// Explored (linearized set, state) pairs after which a key is reported
-/// undecided rather than searched further.
-const SEARCH_BUDGET: usize = 5_000_000;
+/// undecided rather than searched further. A key with many operations of
+/// unknown outcome (open to the end, so concurrent with everything after
+/// them) can need millions: one chaos seed in about 170 gave up at 5
+/// million (415 unknown outcomes over its five keys). Each pair costs a
+/// bitset of the key's operations (~200 bytes for 1,400 operations), so
+/// this bounds the search at a few GB.
+const SEARCH_BUDGET: usize = 20_000_000;
 
 /// A key whose history cannot be linearized.
 #[derive(Debug, Clone)]
@@ -78,9 +83,22 @@ pub fn report(history: &[Operation], dir: &Path) -> Vec<String> {
                     v.timeline()
                 )),
             },
-            KeyVerdict::Undecided { explored } => out.push(format!(
-                "key {key}: the checker gave up after {explored} states"
-            )),
+            KeyVerdict::Undecided { explored } => {
+                // Kept for working on the checker offline.
+                let ops: Vec<&Operation> = history.iter().filter(|o| o.key == key).collect();
+                let file = dir.join(format!("{}.undecided.json", safe_name(&key)));
+                let written = std::fs::create_dir_all(dir).and_then(|()| {
+                    let json = serde_json::to_vec(&ops).map_err(std::io::Error::other)?;
+                    std::fs::write(&file, json)
+                });
+                out.push(format!(
+                    "key {key}: the checker gave up after {explored} states (history: {})",
+                    match written {
+                        Ok(()) => file.display().to_string(),
+                        Err(e) => format!("not written: {e}"),
+                    }
+                ))
+            }
             KeyVerdict::Linearizable => {}
         }
     }
@@ -458,11 +476,7 @@ impl Violation {
     /// timeline) under `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir)?;
-        let safe: String = self
-            .key
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
+        let safe = safe_name(&self.key);
         let json = dir.join(format!("{safe}.json"));
         let txt = dir.join(format!("{safe}.txt"));
         std::fs::write(
@@ -472,6 +486,13 @@ impl Violation {
         std::fs::write(&txt, self.timeline())?;
         Ok((json, txt))
     }
+}
+
+/// `key` as a file name.
+fn safe_name(key: &str) -> String {
+    key.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 #[cfg(test)]
