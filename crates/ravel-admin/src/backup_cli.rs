@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::backup::{Frame, Reader};
-use crate::user_cli::Admin;
+use crate::user_cli::{again_while_unavailable, answer, read_answer, Admin};
 
 /// Longest the admin may go quiet in the middle of a backup stream.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,17 +20,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
-}
-
-/// The admin's error message of a failed answer.
-async fn refusal(resp: reqwest::Response) -> String {
-    let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
-    let msg = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    format!("{msg} ({})", status.as_u16())
 }
 
 /// `ravel backup --out FILE`: streams the admin's backup to `FILE.part`,
@@ -71,10 +59,9 @@ async fn download(admin: &Admin, part: &Path) -> Result<u64, String> {
         .await
         .map_err(|e| format!("cannot reach the admin at {}: {e}", admin.base))?;
     if !resp.status().is_success() {
-        return Err(format!(
-            "the admin refused the backup: {}",
-            refusal(resp).await
-        ));
+        // A refusal is JSON; only a success streams the file.
+        let why = read_answer(resp).await.map_or_else(|e| e, |r| r.error());
+        return Err(format!("the admin refused the backup: {why}"));
     }
     let mut file = std::fs::File::create(part)
         .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
@@ -204,25 +191,17 @@ pub(crate) async fn restore(admin: &Admin, path: &Path) -> Result<(), String> {
 /// 503 (no leader for a moment) for up to a minute: the frame's writes are
 /// plain sets, so sending it twice leaves the same state.
 async fn restore_frame(admin: &Admin, raw: &[u8]) -> Result<(), String> {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let resp = admin
+    let r = again_while_unavailable(Duration::from_secs(60), || {
+        let req = admin
             .request(Method::POST, "/v1/restore")
             .timeout(RESTORE_CALL_TIMEOUT)
             .header("content-type", "application/octet-stream")
-            .body(raw.to_vec())
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the admin at {}: {e}", admin.base))?;
-        if resp.status().is_success() {
-            return Ok(());
-        }
-        let again = resp.status().as_u16() == 503 && Instant::now() < until;
-        let why = refusal(resp).await;
-        if !again {
-            return Err(format!("the admin refused a restore: {why}"));
-        }
-        eprintln!("ravel: {why}; retrying");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+            .body(raw.to_vec());
+        answer(admin, req)
+    })
+    .await?;
+    if r.status != 200 {
+        return Err(format!("the admin refused a restore: {}", r.error()));
     }
+    Ok(())
 }

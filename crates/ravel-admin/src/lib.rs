@@ -101,12 +101,12 @@ impl Admin {
         let (http_listener, http_addr) = bind(&cfg.http_addr, None).await?;
         let (grpc_listener, grpc_addr) = bind(&cfg.grpc_addr, grpc_listener).await?;
         // Before any server task starts, so a failure leaves none running.
-        let http_listener = match &cfg.tls {
-            Some(files) => HttpListener::Tls(
-                ravel_runtime::tls::https_listener(http_listener, files)
+        let http_listener = match (&cfg.tls, &tls) {
+            (Some(files), Some(pem)) => HttpListener::Tls(
+                ravel_runtime::tls::https_listener(http_listener, files, pem)
                     .map_err(|e| ConfigError::invalid("tls", e.to_string()))?,
             ),
-            None => HttpListener::Plain(http_listener),
+            _ => HttpListener::Plain(http_listener),
         };
         let shutdown = CancellationToken::new();
 

@@ -108,9 +108,17 @@ pub fn main() -> ExitCode {
 }
 
 /// An answer of the admin: status and JSON body (`Null` if empty).
-struct JsonResponse {
-    status: u16,
-    body: Value,
+pub(crate) struct JsonResponse {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
+}
+
+impl JsonResponse {
+    /// The admin's reason for a refusal, with the status.
+    pub(crate) fn error(&self) -> String {
+        let msg = (self.body.get("error").and_then(Value::as_str)).unwrap_or("unexpected response");
+        format!("{msg} ({})", self.status)
+    }
 }
 
 /// The admin's HTTP API as the CLI reaches it: address, TLS, token.
@@ -175,10 +183,23 @@ async fn call(
     if let Some(b) = body {
         req = req.json(&b);
     }
+    answer(admin, req).await
+}
+
+/// Sends `req` to the admin and reads its JSON answer.
+pub(crate) async fn answer(
+    admin: &Admin,
+    req: reqwest::RequestBuilder,
+) -> Result<JsonResponse, String> {
     let resp = req
         .send()
         .await
         .map_err(|e| format!("cannot reach the admin at {}: {e}", admin.base))?;
+    read_answer(resp).await
+}
+
+/// The admin's JSON answer in `resp`.
+pub(crate) async fn read_answer(resp: reqwest::Response) -> Result<JsonResponse, String> {
     let status = resp.status().as_u16();
     let bytes = resp
         .bytes()
@@ -194,12 +215,7 @@ async fn call(
 }
 
 fn fail(r: &JsonResponse) -> ExitCode {
-    let msg = r
-        .body
-        .get("error")
-        .and_then(Value::as_str)
-        .unwrap_or("unexpected response");
-    eprintln!("ravel: {} ({})", msg, r.status);
+    eprintln!("ravel: {}", r.error());
     // 404 is an answer, not a failure of the tool: exit 1 like grep.
     if r.status == 404 {
         ExitCode::from(1)
@@ -305,21 +321,28 @@ async fn remove_member(
     node_id: &str,
     timeout: Duration,
 ) -> Result<JsonResponse, String> {
+    let path = format!("/v1/members/{node_id}");
+    again_while_unavailable(timeout, || call(admin, Method::DELETE, &path, None)).await
+}
+
+/// Runs `attempt` again, a second apart, while the admin answers 503 (no
+/// leader for a moment, keys moving), until `timeout`; the last answer.
+/// Only for requests whose repetition leaves the same state.
+pub(crate) async fn again_while_unavailable<F, Fut>(
+    timeout: Duration,
+    mut attempt: F,
+) -> Result<JsonResponse, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<JsonResponse, String>>,
+{
     let until = tokio::time::Instant::now() + timeout;
     loop {
-        let r = call(
-            admin,
-            Method::DELETE,
-            &format!("/v1/members/{node_id}"),
-            None,
-        )
-        .await?;
+        let r = attempt().await?;
         if r.status != 503 || tokio::time::Instant::now() >= until {
             return Ok(r);
         }
-        if let Some(m) = r.body.get("error").and_then(Value::as_str) {
-            eprintln!("ravel: {m}; retrying");
-        }
+        eprintln!("ravel: {}; retrying", r.error());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

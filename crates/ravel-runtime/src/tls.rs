@@ -162,9 +162,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An `axum` listener that serves TLS on `listener`. Handshakes run on
 /// tasks of their own, so a slow or silent client holds up no other; a
 /// failed handshake is logged at debug and dropped.
-pub fn https_listener(listener: TcpListener, tls: &TlsFiles) -> Result<HttpsListener, TlsError> {
-    let pem = tls.load()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config(&pem)?));
+/// `pem` is what [`TlsFiles::load`] read from `tls` (named in errors).
+pub fn https_listener(
+    listener: TcpListener,
+    tls: &TlsFiles,
+    pem: &TlsPem,
+) -> Result<HttpsListener, TlsError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config(pem)?));
     let local = listener
         .local_addr()
         .map_err(|e| TlsError::Setup(e.to_string()))?;
