@@ -167,8 +167,17 @@ impl Target {
         }
     }
 
-    /// Writes keys `0..n` with `parallel` concurrent writers.
-    pub async fn load(&self, n: usize, value: &[u8], parallel: usize) -> Result<(), String> {
+    /// Writes keys `0..n` with `parallel` concurrent writers: `value`, or
+    /// with `random`, a distinct random alphanumeric value of its length per
+    /// key (which neither RocksDB's LZ4 nor anything else compresses much:
+    /// for measuring space).
+    pub async fn load(
+        &self,
+        n: usize,
+        value: &[u8],
+        parallel: usize,
+        random: bool,
+    ) -> Result<(), String> {
         let next = AtomicUsize::new(0);
         let worker = |c: usize| {
             let next = &next;
@@ -178,7 +187,15 @@ impl Target {
                     if i >= n {
                         return Ok::<(), String>(());
                     }
-                    self.op(c, Workload::Put, &key(i), value).await?;
+                    if random {
+                        let v: Vec<u8> = rand::rng()
+                            .sample_iter(rand::distr::Alphanumeric)
+                            .take(value.len())
+                            .collect();
+                        self.op(c, Workload::Put, &key(i), &v).await?;
+                    } else {
+                        self.op(c, Workload::Put, &key(i), value).await?;
+                    }
                 }
             }
         };

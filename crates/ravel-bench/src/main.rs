@@ -65,6 +65,10 @@ struct Args {
     value_bytes: usize,
     #[arg(long, default_value_t = 20_000)]
     keys: usize,
+    /// Load each key with its own random alphanumeric value instead of one
+    /// repeated byte (which compresses to nothing): for measuring space.
+    #[arg(long)]
+    random_values: bool,
     /// gRPC connections per target (clients share them round-robin).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -125,7 +129,7 @@ async fn run(args: Args) -> Result<(), String> {
     if points.iter().any(|(w, _)| *w == Workload::Get) {
         for (t, _) in &targets {
             eprintln!("loading {} keys into {}", args.keys, t.name());
-            t.load(args.keys, &value, 64).await?;
+            t.load(args.keys, &value, 64, args.random_values).await?;
         }
     }
     println!(
