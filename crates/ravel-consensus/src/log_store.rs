@@ -118,11 +118,7 @@ impl LogStore {
             let _ = tx.send(synced);
         })
         .await?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(write_err(e)),
-            Err(e) => Err(write_err(e)),
-        }
+        rx.await.map_err(write_err)?.map_err(write_err)
     }
 
     /// Writes entries to the log and returns once they are readable (so a
