@@ -118,7 +118,11 @@ impl LogStore {
             let _ = tx.send(synced);
         })
         .await?;
-        rx.await.map_err(write_err)?.map_err(write_err)
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_err(e)),
+            Err(e) => Err(write_err(e)),
+        }
     }
 
     /// Writes entries to the log and returns once they are readable (so a
