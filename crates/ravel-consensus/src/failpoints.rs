@@ -1,8 +1,7 @@
 //! Injected storage failures, for tests of fail-stop (feature `failpoints`;
 //! without it every check is a no-op that compiles away).
 //!
-//! A failpoint is a named persistence point (`append`, `log_sync` (the
-//! sync after an append's write), `vote`, `truncate`,
+//! A failpoint is a named persistence point (`append`, `vote`, `truncate`,
 //! `purge`, `apply`, `snapshot_install`, `snapshot_build`) of one data
 //! directory, armed to pass `after` times and then fail every time, as a
 //! disk that has gone bad would. In-process tests arm points with [`arm`];
@@ -12,9 +11,8 @@
 use std::path::Path;
 
 /// Every persistence point that can be made to fail.
-pub const POINTS: [&str; 8] = [
+pub const POINTS: [&str; 7] = [
     "append",
-    "log_sync",
     "vote",
     "truncate",
     "purge",
@@ -34,8 +32,6 @@ mod imp {
         dir: Option<PathBuf>,
         /// Passes left before the point starts failing.
         passes: u64,
-        /// How long a failing hit takes before it reports the failure.
-        delay: std::time::Duration,
     }
 
     fn armed() -> &'static Mutex<Vec<Armed>> {
@@ -49,7 +45,6 @@ mod imp {
                         point: point.trim().to_string(),
                         dir: None,
                         passes: after.trim().parse().unwrap_or(0),
-                        delay: std::time::Duration::ZERO,
                     });
                 }
             }
@@ -57,7 +52,7 @@ mod imp {
         })
     }
 
-    pub fn arm(point: &str, dir: Option<&Path>, after: u64, delay: std::time::Duration) {
+    pub fn arm(point: &str, dir: Option<&Path>, after: u64) {
         armed()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -65,7 +60,6 @@ mod imp {
                 point: point.to_string(),
                 dir: dir.map(Path::to_path_buf),
                 passes: after,
-                delay,
             });
     }
 
@@ -74,29 +68,18 @@ mod imp {
     }
 
     pub fn hit(point: &str, dir: &Path) -> std::io::Result<()> {
-        let mut fail_after = None;
-        {
-            let mut armed = armed().lock().unwrap_or_else(|p| p.into_inner());
-            for a in armed.iter_mut() {
-                if a.point == point && a.dir.as_deref().is_none_or(|d| dir.starts_with(d)) {
-                    if a.passes == 0 {
-                        fail_after = Some(a.delay);
-                        break;
-                    }
-                    a.passes -= 1;
+        let mut armed = armed().lock().unwrap_or_else(|p| p.into_inner());
+        for a in armed.iter_mut() {
+            if a.point == point && a.dir.as_deref().is_none_or(|d| dir.starts_with(d)) {
+                if a.passes == 0 {
+                    return Err(std::io::Error::other(format!(
+                        "injected failure at failpoint {point}"
+                    )));
                 }
+                a.passes -= 1;
             }
         }
-        match fail_after {
-            None => Ok(()),
-            Some(delay) => {
-                // Off the lock: a slow failure holds up no other point.
-                std::thread::sleep(delay);
-                Err(std::io::Error::other(format!(
-                    "injected failure at failpoint {point}"
-                )))
-            }
-        }
+        Ok(())
     }
 }
 
@@ -104,15 +87,7 @@ mod imp {
 /// `after` times, then fails.
 #[cfg(feature = "failpoints")]
 pub fn arm(point: &str, dir: Option<&Path>, after: u64) {
-    imp::arm(point, dir, after, std::time::Duration::ZERO)
-}
-
-/// Like [`arm`], but each failing hit first blocks its thread for `delay`,
-/// as a disk that hangs before it reports an error would. Only for points
-/// hit on blocking threads (`log_sync`).
-#[cfg(feature = "failpoints")]
-pub fn arm_slow(point: &str, dir: Option<&Path>, after: u64, delay: std::time::Duration) {
-    imp::arm(point, dir, after, delay)
+    imp::arm(point, dir, after)
 }
 
 /// Disarms every failpoint.

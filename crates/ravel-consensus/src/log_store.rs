@@ -107,36 +107,9 @@ impl LogStore {
 }
 
 impl LogStore {
-    /// Appends entries and returns once they are synced to disk (the crash
-    /// test's and the tools' way in; openraft calls [`RaftLogStorage::append`]).
+    /// Appends entries and returns once they are synced to disk. This is the
+    /// whole of `RaftLogStorage::append` but for openraft's callback.
     pub async fn append_entries<I>(&mut self, entries: I) -> Result<(), RaftStorageError>
-    where
-        I: IntoIterator<Item = Entry>,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit_append(entries, move |synced| {
-            let _ = tx.send(synced);
-        })
-        .await?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(write_err(e)),
-            Err(e) => Err(write_err(e)),
-        }
-    }
-
-    /// Writes entries to the log and returns once they are readable (so a
-    /// leader can send them to its followers at once), before they are
-    /// durable; `on_synced` is called once they are synced to disk, or with
-    /// the reason they could not be. Appends are written in call order, and
-    /// one sync makes every earlier write durable (the WAL is sequential), so
-    /// `on_synced` never reports a later append durable before an earlier one
-    /// is.
-    async fn submit_append<I>(
-        &mut self,
-        entries: I,
-        on_synced: impl FnOnce(std::io::Result<()>) + Send + 'static,
-    ) -> Result<(), RaftStorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
@@ -147,28 +120,12 @@ impl LogStore {
             encoded.push((entry.log_id.index, bytes));
         }
         let engine = self.engine.clone();
-        let observer = self.observer.clone();
-        let (written_tx, written_rx) = tokio::sync::oneshot::channel();
-        // One blocking task writes, reports the write, then syncs: the
-        // caller waits only for the write.
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            if let Err(e) = engine.append_log_unsynced(encoded) {
-                let _ = written_tx.send(Err(write_err(e)));
-                return;
-            }
-            let _ = written_tx.send(Ok(()));
-            let synced = crate::failpoints::hit("log_sync", engine.path())
-                .and_then(|()| engine.sync().map_err(std::io::Error::other));
-            if synced.is_ok() {
-                observer.report(|e| e.log_appended(started.elapsed()));
-            }
-            on_synced(synced);
-        });
-        written_rx
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e).into())
-            .and_then(|r| r)
+        let started = std::time::Instant::now();
+        let result = blocking(move || engine.append_log(encoded).map_err(write_err)).await;
+        if result.is_ok() {
+            self.observer.report(|e| e.log_appended(started.elapsed()));
+        }
+        result
     }
 
     /// Where this store (and the state machine opened with it) reports
@@ -272,12 +229,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // The callback fires only after the fsync: openraft counts the
-        // entries towards a quorum as soon as it hears they are flushed. A
-        // follower answers its leader only then; a leader (Ravel's openraft
-        // patch, `vendor/openraft`) replicates them in the meantime.
-        self.submit_append(entries, move |synced| callback.log_io_completed(synced))
-            .await
+        let result = self.append_entries(entries).await;
+        // Only after the fsync: openraft counts the entries towards a quorum
+        // as soon as it hears they are flushed.
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {

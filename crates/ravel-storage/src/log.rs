@@ -33,33 +33,12 @@ impl Engine {
         I: IntoIterator<Item = (u64, V)>,
         V: AsRef<[u8]>,
     {
-        self.write(self.log_batch(entries), true)
-    }
-
-    /// Appends (or overwrites) log entries without syncing: they are readable
-    /// at once, and durable once [`Engine::sync`] has returned after this.
-    /// The one exception to this module's rule, for a Raft leader that
-    /// replicates entries while its own sync runs and counts itself only
-    /// after it.
-    pub fn append_log_unsynced<I, V>(&self, entries: I) -> Result<()>
-    where
-        I: IntoIterator<Item = (u64, V)>,
-        V: AsRef<[u8]>,
-    {
-        self.write(self.log_batch(entries), false)
-    }
-
-    fn log_batch<I, V>(&self, entries: I) -> WriteBatch
-    where
-        I: IntoIterator<Item = (u64, V)>,
-        V: AsRef<[u8]>,
-    {
         let mut batch = WriteBatch::default();
         let cf = self.cf(CF_LOG);
         for (index, value) in entries {
             batch.put_cf(cf, key(index), value);
         }
-        batch
+        self.write(batch, true)
     }
 
     /// Entries whose index lies in `range`, in order.

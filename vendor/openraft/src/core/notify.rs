@@ -1,10 +1,8 @@
 use crate::core::sm;
 use crate::raft::VoteResponse;
 use crate::replication;
-use crate::LogId;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
-use crate::StorageError;
 use crate::Vote;
 
 /// A message coming from the internal components.
@@ -43,14 +41,6 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
-
-    /// Ravel's patch: a leader's own log append, submitted without waiting,
-    /// has been flushed (or failed to be).
-    LocalLogFlushed {
-        vote: Vote<C::NodeId>,
-        log_id: LogId<C::NodeId>,
-        result: Result<(), StorageError<C::NodeId>>,
-    },
 
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
@@ -94,9 +84,6 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
-            }
-            Self::LocalLogFlushed { vote, log_id, result } => {
-                format!("LocalLogFlushed: vote: {}, log_id: {}, ok: {}", vote, log_id, result.is_ok())
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

@@ -730,41 +730,6 @@ where
         Ok(())
     }
 
-    /// Ravel's patch: submits a leader's entries to the log store and returns
-    /// without waiting for the flush; the flush is reported to the core as
-    /// `Notify::LocalLogFlushed`, which updates the leader's own progress.
-    pub(crate) async fn append_to_log_in_background<I>(
-        &mut self,
-        entries: I,
-        vote: Vote<C::NodeId>,
-        last_log_id: LogId<C::NodeId>,
-    ) -> Result<(), StorageError<C::NodeId>>
-    where
-        I: IntoIterator<Item = C::Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let (tx, rx) = C::AsyncRuntime::oneshot();
-        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
-        let callback = LogFlushed::new(log_io_id, tx);
-
-        self.log_store.append(entries, callback).await?;
-
-        let tx_notify = self.tx_notify.clone();
-        let _ = C::AsyncRuntime::spawn(async move {
-            let result = match rx.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
-                Err(e) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
-            };
-            let _ = tx_notify.send(Notify::LocalLogFlushed {
-                vote,
-                log_id: last_log_id,
-                result,
-            });
-        });
-        Ok(())
-    }
-
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1409,21 +1374,6 @@ where
                 }
             }
 
-            Notify::LocalLogFlushed { vote, log_id, result } => {
-                // Ravel's patch: the leader's own append is durable.
-                if let Err(error) = result {
-                    tracing::error!(error = display(&error), "leader's log flush failed");
-                    return Err(Fatal::from(error));
-                }
-                // Entries of an earlier leadership are covered by the new
-                // leader's first append, which is flushed after them.
-                if self.does_vote_match(&vote, "LocalLogFlushed") {
-                    if let Ok(mut lh) = self.engine.leader_handler() {
-                        lh.replication_handler().update_local_progress(Some(log_id));
-                    }
-                }
-            }
-
             Notify::StateMachine { command_result } => {
                 tracing::debug!("sm::StateMachine command result: {:?}", command_result);
 
@@ -1687,21 +1637,12 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                // Ravel's patch: a leader does not wait here for its own flush. It
-                // replicates at once and counts itself towards the quorum when the
-                // flush callback fires (`Notify::LocalLogFlushed`), so its fsync runs
-                // in parallel with the followers' (Raft, section 10.2.1 of Ongaro's
-                // thesis). A follower still answers only after its flush.
-                if self.engine.leader.is_some() && vote.is_committed() {
-                    self.append_to_log_in_background(entries, vote, last_log_id).await?;
-                } else {
-                    self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
-                    // The leader may have changed.
-                    // But reporting to a different leader is not a problem.
-                    if let Ok(mut lh) = self.engine.leader_handler() {
-                        lh.replication_handler().update_local_progress(Some(last_log_id));
-                    }
+                // The leader may have changed.
+                // But reporting to a different leader is not a problem.
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    lh.replication_handler().update_local_progress(Some(last_log_id));
                 }
             }
             Command::SaveVote { vote } => {
