@@ -5,7 +5,7 @@
 //! - [`types`]: the openraft type configuration ([`TypeConfig`]), the
 //!   replicated [`Command`] and its [`CommandResult`];
 //! - [`LogStore`]: `RaftLogStorage` (log, vote, committed, purge marker);
-//! - [`StateMachine`]: `RaftStateMachine` (apply, snapshots as files);
+//! - [`StateMachine`]: `RaftStateMachine` (apply; snapshots as pinned views, streamed on demand);
 //! - [`codec`]: the versioned binary encoding of entries, votes and RPCs.
 //!
 //! Everything durable goes through `ravel-storage`; this crate decides what
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 pub use log_store::{LogStore, DEFAULT_MAX_APPEND_BYTES};
 pub use ravel_storage::{Engine, StorageError};
 pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
-pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotFile, TypeConfig};
+pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotData, TypeConfig};
 
 /// The on-disk layout of a replica's data directory.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl DataDir {
         self.root.join("db")
     }
 
-    /// Snapshot files.
+    /// Snapshots being received or installed (none at rest).
     pub fn snapshots(&self) -> PathBuf {
         self.root.join("snapshots")
     }
@@ -68,13 +68,6 @@ impl DataDir {
         )?;
         // One observer for the log and the snapshots (the node's metrics).
         let log = LogStore::new(engine).with_observer(sm.snapshots.observer.clone());
-        let snapshot_last = sm
-            .snapshot_last_log_id()
-            .map_err(|source| StorageError::Io {
-                path: self.snapshots(),
-                source,
-            })?;
-        log.raise_committed(snapshot_last)?;
         Ok((log, sm))
     }
 }

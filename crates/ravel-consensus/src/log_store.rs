@@ -53,28 +53,6 @@ where
 }
 
 impl LogStore {
-    /// Raises the stored committed hint to at least `floor`, durably. At
-    /// open, the floor is the newest snapshot's last log id: a snapshot
-    /// holds only committed entries and its file is synced, while the hint
-    /// is not, so after a crash the hint can lag it, and openraft refuses
-    /// to start (it asserts that the snapshot is not ahead of `committed`).
-    pub fn raise_committed(&self, floor: Option<LogId>) -> Result<(), ravel_storage::StorageError> {
-        let stored = self
-            .engine
-            .raft_meta(COMMITTED)?
-            .and_then(|raw| codec::decode::<Option<LogId>>(&raw).ok())
-            .flatten();
-        if floor.is_some() && stored < floor {
-            let bytes =
-                codec::encode(&floor).map_err(|e| ravel_storage::StorageError::Corrupt {
-                    path: self.engine.path().to_path_buf(),
-                    detail: format!("encoding the committed log id: {e}"),
-                })?;
-            self.engine.put_raft_meta(COMMITTED, &bytes)?;
-        }
-        Ok(())
-    }
-
     pub fn new(engine: Engine) -> Self {
         Self {
             engine,

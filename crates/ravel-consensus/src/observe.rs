@@ -1,5 +1,5 @@
 //! What the storage layer reports to whoever watches it (the node's
-//! metrics): each synced log append, each snapshot built or installed. The
+//! metrics): each synced log append, each snapshot taken, sent or installed. The
 //! log store and the snapshot directory share one [`StorageObserver`]; the
 //! node sets its [`StorageEvents`] once its metrics exist (the stores are
 //! handed to openraft before that).
@@ -11,8 +11,12 @@ use std::time::Duration;
 pub trait StorageEvents: Send + Sync {
     /// Entries were appended to the log and synced, taking `took`.
     fn log_appended(&self, took: Duration);
-    /// A snapshot of `bytes` was built (exported and synced).
-    fn snapshot_built(&self, bytes: u64, took: Duration);
+    /// A snapshot was taken: a consistent point of the state machine,
+    /// pinned; nothing is copied.
+    fn snapshot_built(&self, took: Duration);
+    /// A snapshot stream of `bytes` was exported from a pinned view (sent
+    /// to a peer), taking `took`.
+    fn snapshot_sent(&self, bytes: u64, took: Duration);
     /// A received snapshot of `bytes` was installed.
     fn snapshot_installed(&self, bytes: u64, took: Duration);
 }

@@ -1,15 +1,16 @@
-//! Snapshots as files: where they live, how they are named (the newest
-//! sorts last), building one from a consistent view of the database,
-//! installing a received one, and keeping a complete one under its final
-//! name.
+//! Snapshots: taking one (a pinned, consistent view of the database: no
+//! copy), and installing a received one from a file that is deleted once
+//! its import is complete.
 //!
-//! One lock serialises everything that touches the directory or replaces
-//! the state machine: a build (which runs on its own task) never sees a
-//! half-installed state machine, and an install never prunes the file a
-//! build or a reader is about to open. Files are opened under the lock, so
-//! a later prune (unlink) cannot take them away.
+//! A replica keeps no snapshot files at rest: the state machine itself is
+//! the snapshot, and a view of it is streamed when a peer needs it. The
+//! only files here are transfers being received and the file of an import
+//! under way (kept until the import is complete, so a crash can redo it).
+//!
+//! One lock serialises taking views and installs: a view never sees a
+//! half-installed state machine.
 
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +19,7 @@ use ravel_storage::Engine;
 
 use crate::codec;
 use crate::state_machine::{invalid, LAST_APPLIED, MEMBERSHIP};
-use crate::types::{LogId, SnapshotMeta, StoredMembership};
+use crate::types::{LogId, SnapshotData, SnapshotMeta, StoredMembership};
 
 const SNAPSHOT_SUFFIX: &str = ".snap";
 
@@ -26,7 +27,7 @@ const SNAPSHOT_SUFFIX: &str = ".snap";
 /// holds in memory at once, whatever the snapshot's size.
 pub(crate) const INSTALL_BATCH_BYTES: usize = 8 << 20;
 
-/// Where snapshot files live and how they are chunked.
+/// Where received snapshots live and how snapshot streams are chunked.
 #[derive(Debug, Clone)]
 pub(crate) struct SnapshotDir {
     pub(crate) dir: PathBuf,
@@ -73,41 +74,57 @@ impl SnapshotDir {
         ))
     }
 
-    /// Exports a consistent snapshot into a new file, durably; the file is
-    /// returned open.
-    pub(crate) fn build(
-        &self,
-        engine: &Engine,
-    ) -> std::io::Result<(SnapshotMeta, PathBuf, std::fs::File)> {
+    /// Removes what an earlier run left: partial transfers, and snapshot
+    /// files of older versions (which kept one at rest). The file of an
+    /// interrupted install stays: [`SnapshotDir::redo_pending_install`]
+    /// needs it.
+    pub(crate) fn clean(&self, engine: &Engine) -> std::io::Result<()> {
         let _serial = self.lock();
-        let tmp = self.dir.join(format!("building-{}.part", unique()));
-        let file = std::fs::File::create(&tmp)?;
-        let mut meta_out = None;
-        let mut writer = BufWriter::new(file);
-        engine
-            .export_snapshot(&mut writer, self.chunk_bytes, |sm_meta| {
-                let meta = snapshot_meta(sm_meta);
-                let header = match &meta {
-                    Ok(m) => codec::encode(m).unwrap_or_default(),
-                    Err(_) => Vec::new(),
-                };
-                meta_out = Some(meta);
-                header
-            })
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let meta = meta_out.expect("export calls the header function")?;
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        let path = self.keep(&tmp, &meta)?;
-        let file = std::fs::File::open(&path)?;
-        Ok((meta, path, file))
+        let pending = engine.pending_import().map_err(storage_err)?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if Some(&path) != pending.as_ref() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot: pins a consistent view of the state machine and
+    /// reads its metadata from the same view (no last log id before
+    /// anything was applied).
+    pub(crate) fn pin(&self, engine: &Engine) -> std::io::Result<(SnapshotMeta, SnapshotData)> {
+        let view = {
+            let _serial = self.lock();
+            engine.pin_view().map_err(storage_err)?
+        };
+        let meta = snapshot_meta(view.sm_meta())?;
+        let header = codec::encode(&meta).map_err(|e| invalid(e.to_string()))?;
+        let data = SnapshotData::view(view, header, self.chunk_bytes, self.observer.clone());
+        Ok((meta, data))
+    }
+
+    /// Writes a view out to a new file here, to be installed (a snapshot
+    /// handed over in process, as openraft's test suite does); its path.
+    pub(crate) fn write_out(&self, data: SnapshotData) -> std::io::Result<PathBuf> {
+        let path = self.dir.join(format!("local-{}.part", unique()));
+        let file = std::fs::File::create(&path)?;
+        let res = data
+            .export(BufWriter::new(file))
+            .and_then(|(w, _)| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all());
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(path)
     }
 
     /// Installs the received snapshot file `from` as the whole state
     /// machine, after checking all of it against what openraft announced:
-    /// keeps it under its final name (the state machine's source from now
-    /// on), then imports it in bounded batches. A crash during the import is
-    /// redone from the kept file by [`SnapshotDir::redo_pending_install`].
+    /// keeps it under its final name, imports it in bounded batches, then
+    /// deletes it. A crash during the import is redone from the kept file
+    /// by [`SnapshotDir::redo_pending_install`].
     pub(crate) fn install(
         &self,
         engine: &Engine,
@@ -123,7 +140,17 @@ impl SnapshotDir {
             )));
         }
         let path = self.keep(from, expected)?;
-        self.import(engine, &path, size.bytes)
+        self.import(engine, &path, size.bytes)?;
+        Self::discard(&path);
+        Ok(())
+    }
+
+    /// Deletes the file of a complete import: the state machine holds it
+    /// all now. A file left by a failed delete goes at the next open.
+    fn discard(path: &Path) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "removing an installed snapshot file");
+        }
     }
 
     fn import(&self, engine: &Engine, path: &Path, total: u64) -> std::io::Result<()> {
@@ -165,42 +192,18 @@ impl SnapshotDir {
         }
         tracing::warn!(snapshot = %path.display(), "redoing an interrupted snapshot install");
         let size = std::fs::metadata(&path)?.len();
-        self.import(engine, &path, size)
+        self.import(engine, &path, size)?;
+        Self::discard(&path);
+        Ok(())
     }
 
-    /// Moves a complete snapshot file to its final name, durably, and removes
-    /// older snapshots; the final path. Called with the lock held.
+    /// Moves a complete snapshot file to its final name, durably; the final
+    /// path. Called with the lock held.
     fn keep(&self, from: &Path, meta: &SnapshotMeta) -> std::io::Result<PathBuf> {
         let to = self.final_path(meta);
         std::fs::rename(from, &to)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path != to && path.extension().and_then(|e| e.to_str()) == Some("snap") && path < to
-            {
-                std::fs::remove_file(&path)?;
-            }
-        }
         Ok(to)
-    }
-
-    /// The newest complete snapshot file, open, and its metadata.
-    pub(crate) fn newest(&self) -> std::io::Result<Option<(SnapshotMeta, PathBuf, std::fs::File)>> {
-        let _serial = self.lock();
-        let mut snaps: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("snap"))
-            .collect();
-        snaps.sort();
-        let Some(path) = snaps.pop() else {
-            return Ok(None);
-        };
-        let file = std::fs::File::open(&path)?;
-        let header = ravel_storage::read_snapshot_header(BufReader::new(&file))
-            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        let meta =
-            codec::decode(&header).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        Ok(Some((meta, path, file)))
     }
 }
 
@@ -219,9 +222,11 @@ fn snapshot_meta(sm_meta: &[(String, Vec<u8>)]) -> std::io::Result<SnapshotMeta>
             _ => {}
         }
     }
+    // Two views with the same last log id hold the same state: the id
+    // names the state, not the moment it was taken.
     let snapshot_id = match last_log_id {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unique()),
-        None => format!("0-0-{}", unique()),
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "0-0-0".to_string(),
     };
     Ok(SnapshotMeta {
         last_log_id,
@@ -257,6 +262,15 @@ mod tests {
         sm
     }
 
+    /// Takes a snapshot of `sm` and writes its stream to a file in `dir`.
+    fn export(dir: &Path, sm: &StateMachine) -> (SnapshotMeta, PathBuf) {
+        let (meta, data) = sm.snapshots.pin(sm.engine()).unwrap();
+        let path = dir.join(format!("export-{}", unique()));
+        let (out, _) = data.export(std::fs::File::create(&path).unwrap()).unwrap();
+        out.sync_all().unwrap();
+        (meta, path)
+    }
+
     /// What a snapshot file holds: (last applied index, every key).
     fn contents(dir: &Path, path: &Path) -> (Option<u64>, Vec<Vec<u8>>) {
         let probe = Engine::open(dir.join(format!("probe-{}", unique()))).unwrap();
@@ -273,15 +287,15 @@ mod tests {
         (meta.last_log_id.map(|l| l.index), keys)
     }
 
-    /// A snapshot built while an install is replacing the state machine
+    /// A snapshot taken while an install is replacing the state machine
     /// (in small batches) holds the old state or the new one, never a mix:
-    /// the directory lock serialises the two. Without it, a build started
+    /// the directory lock serialises the two. Without it, a view pinned
     /// mid-install exported some of the new keys under either header.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_build_during_an_install_sees_the_old_or_the_new_state() {
+    async fn a_snapshot_during_an_install_sees_the_old_or_the_new_state() {
         let dir = tempfile::tempdir().unwrap();
         let src = filled(dir.path(), "src", "new", 3000).await;
-        let (meta, built, _) = src.snapshots.build(src.engine()).unwrap();
+        let (meta, built) = export(dir.path(), &src);
         let dst = filled(dir.path(), "dst", "old", 500).await;
         let mut snapshots = dst.snapshots.clone();
         snapshots.install_batch_bytes = 4096;
@@ -296,11 +310,9 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             let finished = installer.is_finished();
-            // Read through the open handle: a later install may prune the
-            // file by name.
-            let (_, _, mut file) = snapshots.build(&engine).unwrap();
+            let (_, data) = snapshots.pin(&engine).unwrap();
             let copy = dir.path().join(format!("copy-{}", seen.len()));
-            std::io::copy(&mut file, &mut std::fs::File::create(&copy).unwrap()).unwrap();
+            data.export(std::fs::File::create(&copy).unwrap()).unwrap();
             seen.push(contents(dir.path(), &copy));
             if finished {
                 break;
@@ -318,23 +330,30 @@ mod tests {
                 || (*applied == Some(500) && *keys == old_keys);
             assert!(
                 whole,
-                "build {i} saw applied {applied:?} with {} keys",
+                "snapshot {i} saw applied {applied:?} with {} keys",
                 keys.len()
             );
         }
-        assert_eq!(seen.last().unwrap().0, Some(3000), "{} builds", seen.len());
-        // The newest snapshot is readable and is the installed one.
-        let (newest, _, _) = snapshots.newest().unwrap().unwrap();
-        assert_eq!(newest.last_log_id.map(|l| l.index), Some(3000));
+        assert_eq!(
+            seen.last().unwrap().0,
+            Some(3000),
+            "{} snapshots",
+            seen.len()
+        );
+        // Installed: the received file is gone, the state machine holds it.
+        let left: Vec<_> = std::fs::read_dir(&snapshots.dir).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// A crash in the middle of an install: reopening the state machine
-    /// redoes the install from the kept file before anything reads it.
+    /// redoes the install from the kept file before anything reads it,
+    /// then deletes the file; other leftovers (an older version's snapshot
+    /// file, a partial transfer) are deleted at once.
     #[tokio::test]
     async fn reopening_redoes_an_interrupted_install() {
         let dir = tempfile::tempdir().unwrap();
         let src = filled(dir.path(), "src", "new", 2000).await;
-        let (meta, built, _) = src.snapshots.build(src.engine()).unwrap();
+        let (meta, built) = export(dir.path(), &src);
         let dst = filled(dir.path(), "dst", "old", 100).await;
         // What the install does up to the crash: keep, then import part of it.
         let kept = {
@@ -355,44 +374,53 @@ mod tests {
         let engine_dir = dst.engine().path().to_path_buf();
         let snap_dir = dst.snapshots.dir.clone();
         drop(dst);
+        let stale = [
+            snap_dir.join("snapshot-00000000000000000007-1-7-abc.snap"),
+            snap_dir.join("incoming-abc.part"),
+        ];
+        for f in &stale {
+            std::fs::write(f, b"left over").unwrap();
+        }
 
         let mut sm =
-            StateMachine::open(Engine::open(&engine_dir).unwrap(), snap_dir, 4096).unwrap();
+            StateMachine::open(Engine::open(&engine_dir).unwrap(), &snap_dir, 4096).unwrap();
         assert_eq!(sm.engine().pending_import().unwrap(), None);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2000));
         assert_eq!(sm.engine().scan(b"", usize::MAX).unwrap().len(), 2000);
         assert_eq!(sm.engine().get(b"old00001").unwrap(), None);
+        let left: Vec<_> = std::fs::read_dir(&snap_dir).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
-    /// After a crash the committed hint (not synced) can lag the newest
-    /// snapshot (synced); openraft then refuses to start ("snapshot last
-    /// log id <= committed" fails). Seen in the chaos test: a follower
-    /// SIGKILLed just after building a snapshot never started again.
-    /// Opening the data directory raises the hint to the snapshot.
+    /// Taking a snapshot copies nothing: the snapshot directory stays empty,
+    /// and the snapshot is the state machine as applied, the same whenever
+    /// it is taken until the next apply.
     #[tokio::test]
-    async fn reopening_raises_a_committed_hint_that_lags_the_snapshot() {
-        use openraft::storage::RaftLogStorage;
+    async fn taking_a_snapshot_copies_nothing() {
+        use openraft::RaftSnapshotBuilder;
         let dir = tempfile::tempdir().unwrap();
-        let data = crate::DataDir::new(dir.path());
-        {
-            let (mut log, mut sm) = data.open(4096).unwrap();
-            let entries: Vec<Entry> = (1..=10)
-                .map(|i| Entry {
-                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
-                    payload: EntryPayload::Blank,
-                })
-                .collect();
-            sm.apply(entries).await.unwrap();
-            sm.snapshots.build(sm.engine()).unwrap();
-            // The last hint that reached the disk before the crash.
-            log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 8)))
-                .await
-                .unwrap();
-        }
-        let (mut log, _sm) = data.open(4096).unwrap();
-        let committed = log.read_committed().await.unwrap();
-        assert_eq!(committed.map(|l| l.index), Some(10));
+        let mut sm = filled(dir.path(), "sm", "k", 50).await;
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(50));
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        let left: Vec<_> = std::fs::read_dir(&sm.snapshots.dir).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        // The export is the state as of the snapshot.
+        let copy = dir.path().join("copy");
+        current
+            .snapshot
+            .export(std::fs::File::create(&copy).unwrap())
+            .unwrap();
+        let (applied, keys) = contents(dir.path(), &copy);
+        assert_eq!((applied, keys.len()), (Some(50), 50));
     }
 
     /// A transfer that fails before the install leaves no partial file.
@@ -403,7 +431,7 @@ mod tests {
         let mut sm = filled(dir.path(), "sm", "k", 1).await;
         let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
         incoming.write_all(b"half a snapshot").await.unwrap();
-        let path = incoming.path().to_path_buf();
+        let path = incoming.path().unwrap().to_path_buf();
         assert!(path.is_file());
         drop(incoming);
         assert!(!path.exists(), "{} left behind", path.display());

@@ -2,8 +2,9 @@
 //!
 //! Applying a batch of entries is one RocksDB `WriteBatch`: the data, the
 //! last applied log id and the membership change together or not at all.
-//! Snapshots are ravel-storage snapshot streams kept as files under the
-//! snapshot directory, named so that the newest sorts last.
+//! A snapshot is a pinned, consistent view of the state machine (see
+//! `snapshot_files.rs`): taking one copies nothing, and its stream is
+//! exported only when a peer needs it.
 
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ use crate::codec;
 use crate::log_store::blocking;
 use crate::snapshot_files::{unique, SnapshotDir};
 use crate::types::{
-    CommandResult, Entry, LogId, RaftStorageError, SnapshotFile, SnapshotMeta, StoredMembership,
+    CommandResult, Entry, LogId, RaftStorageError, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
 
@@ -58,8 +59,9 @@ pub(crate) fn invalid(msg: String) -> std::io::Error {
 
 impl StateMachine {
     /// Opens the state machine over `engine`, keeping snapshot files in
-    /// `snapshot_dir` (created if needed; leftovers of interrupted snapshot
-    /// builds or transfers are removed, an interrupted install is redone).
+    /// `snapshot_dir` (created if needed; leftovers of transfers and older
+    /// versions' snapshot files are removed, an interrupted install is
+    /// redone).
     pub fn open(
         engine: Engine,
         snapshot_dir: impl Into<PathBuf>,
@@ -67,23 +69,10 @@ impl StateMachine {
     ) -> std::io::Result<Self> {
         let dir = snapshot_dir.into();
         std::fs::create_dir_all(&dir)?;
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("snap") {
-                std::fs::remove_file(&path)?;
-            }
-        }
         let snapshots = SnapshotDir::new(dir, chunk_bytes);
+        snapshots.clean(&engine)?;
         snapshots.redo_pending_install(&engine)?;
         Ok(Self { engine, snapshots })
-    }
-
-    /// The last log id covered by the newest snapshot file, if any.
-    pub fn snapshot_last_log_id(&self) -> std::io::Result<Option<LogId>> {
-        Ok(self
-            .snapshots
-            .newest()?
-            .and_then(|(meta, _, _)| meta.last_log_id))
     }
 
     /// The database behind this state machine, for local reads.
@@ -153,7 +142,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, RaftStorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, RaftStorageError> {
         let path = self
             .snapshots
             .dir
@@ -165,26 +154,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .open(&path)
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(SnapshotFile::incoming(file, path)))
+        Ok(Box::new(SnapshotData::incoming(file, path)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<SnapshotFile>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), RaftStorageError> {
         crate::failpoints::hit("snapshot_install", self.engine.path()).map_err(snap_err)?;
-        let (file, path) = snapshot.into_parts();
-        let file = file.into_std().await;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
         let expected = meta.clone();
+        let incoming = match snapshot.into_incoming() {
+            // Waits for any write still in flight on the tokio file.
+            Ok((file, path)) => Ok((file.into_std().await, path)),
+            Err(view) => Err(view),
+        };
         blocking(move || {
             let started = std::time::Instant::now();
-            let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let res = file
-                .sync_all()
-                .and_then(|()| snapshots.install(&engine, &path, &expected));
+            let synced = match incoming {
+                Ok((file, path)) => match file.sync_all() {
+                    Ok(()) => Ok(path),
+                    Err(e) => Err((e, Some(path))),
+                },
+                // A view handed over in process: written out first.
+                Err(view) => snapshots.write_out(view).map_err(|e| (e, None)),
+            };
+            let path = synced.map_err(|(e, path)| {
+                if let Some(path) = path {
+                    let _ = std::fs::remove_file(&path);
+                }
+                snap_err(e)
+            })?;
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let res = snapshots.install(&engine, &path, &expected);
             if res.is_ok() {
                 snapshots
                     .observer
@@ -199,42 +203,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
     }
 
+    /// The state machine as applied, pinned: a snapshot costs nothing
+    /// until a peer needs its stream.
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let snapshots = self.snapshots.clone();
-        let found = blocking(move || {
+        let engine = self.engine.clone();
+        let pinned = blocking(move || {
             snapshots
-                .newest()
+                .pin(&engine)
                 .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
         })
         .await?;
-        match found {
-            None => Ok(None),
-            Some((meta, path, file)) => Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(SnapshotFile::new(tokio::fs::File::from_std(file), path)),
-            })),
-        }
+        let (meta, data) = pinned;
+        // Nothing applied yet: no snapshot.
+        Ok(meta.last_log_id.is_some().then(|| Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        }))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Takes a snapshot: pins the state machine as applied. Nothing is
+    /// copied or written. openraft then purges the log behind it, which is
+    /// safe because a purge is a synced write on the WAL every apply
+    /// shares: the state the snapshot stands for is durable by then.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         crate::failpoints::hit("snapshot_build", self.engine.path()).map_err(snap_err)?;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
         let observer = self.snapshots.observer.clone();
-        let (meta, path, file) =
-            blocking(move || snapshots.build(&engine).map_err(snap_err)).await?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        observer.report(|e| e.snapshot_built(bytes, started.elapsed()));
-        let file = tokio::fs::File::from_std(file);
-        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "built snapshot");
+        let (meta, data) = blocking(move || snapshots.pin(&engine).map_err(snap_err)).await?;
+        observer.report(|e| e.snapshot_built(started.elapsed()));
+        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "took snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotFile::new(file, path)),
+            snapshot: Box::new(data),
         })
     }
 }

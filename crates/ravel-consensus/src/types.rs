@@ -21,7 +21,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = SnapshotFile,
+        SnapshotData = SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -102,98 +102,202 @@ pub enum CommandResult {
     Fenced { fence: u64 },
 }
 
-/// A snapshot on disk: the file plus its path, so a received snapshot can
-/// be kept (renamed) once installed. Reads, writes and seeks go to the file.
-/// An incoming snapshot ([`SnapshotFile::incoming`]) that is dropped before
-/// it was handed to the install (a failed or abandoned transfer) deletes its
-/// partial file at once.
+/// What openraft carries as a snapshot's data. Either:
+///
+/// - a **view**: a consistent, pinned view of this replica's state machine
+///   ([`ravel_storage::PinnedView`]), exported as a snapshot stream only
+///   when a peer needs it. Taking a snapshot copies nothing; or
+/// - an **incoming** file: a snapshot being received from a peer (or a view
+///   written out to be installed), removed if dropped before it was handed
+///   to the install (a failed or abandoned transfer).
+///
+/// Reads, writes and seeks (openraft's chunked transfer, which Ravel does
+/// not use) work on incoming files only.
 #[derive(Debug)]
-pub struct SnapshotFile {
-    /// `None` only after [`SnapshotFile::into_parts`].
-    file: Option<tokio::fs::File>,
-    path: PathBuf,
-    remove_on_drop: bool,
+pub struct SnapshotData {
+    inner: DataInner,
 }
 
-impl SnapshotFile {
-    /// A complete snapshot file (kept when dropped).
-    pub fn new(file: tokio::fs::File, path: PathBuf) -> Self {
+#[derive(Debug)]
+enum DataInner {
+    View {
+        /// `None` only after [`SnapshotData::export`] took it.
+        view: Option<ravel_storage::PinnedView>,
+        /// The stream's header: the encoded [`SnapshotMeta`].
+        header: Vec<u8>,
+        chunk_bytes: usize,
+        observer: crate::observe::StorageObserver,
+    },
+    Incoming {
+        /// `None` only after [`SnapshotData::into_incoming`].
+        file: Option<tokio::fs::File>,
+        path: PathBuf,
+    },
+}
+
+impl SnapshotData {
+    /// A pinned view whose stream header is `header`.
+    pub(crate) fn view(
+        view: ravel_storage::PinnedView,
+        header: Vec<u8>,
+        chunk_bytes: usize,
+        observer: crate::observe::StorageObserver,
+    ) -> Self {
         Self {
-            file: Some(file),
-            path,
-            remove_on_drop: false,
+            inner: DataInner::View {
+                view: Some(view),
+                header,
+                chunk_bytes,
+                observer,
+            },
         }
     }
 
-    /// A snapshot being received: removed if dropped before installed.
+    /// A snapshot being received into `path`: removed if dropped before
+    /// installed.
     pub fn incoming(file: tokio::fs::File, path: PathBuf) -> Self {
         Self {
-            file: Some(file),
-            path,
-            remove_on_drop: true,
+            inner: DataInner::Incoming {
+                file: Some(file),
+                path,
+            },
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file being received, if this is one.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner {
+            DataInner::Incoming { path, .. } => Some(path),
+            DataInner::View { .. } => None,
+        }
     }
 
-    /// The file and its path; the caller now owns the file on disk.
-    pub fn into_parts(mut self) -> (tokio::fs::File, PathBuf) {
-        self.remove_on_drop = false;
-        let file = self.file.take().expect("file until into_parts");
-        (file, std::mem::take(&mut self.path))
+    /// Roughly how many bytes an export writes (RocksDB's estimate of the
+    /// stored data, which is compressed), for deadlines; 0 for a file.
+    pub fn estimated_bytes(&self) -> u64 {
+        match &self.inner {
+            DataInner::View { view, .. } => view.as_ref().map_or(0, |v| v.estimated_bytes()),
+            DataInner::Incoming { .. } => 0,
+        }
     }
 
-    fn file(self: Pin<&mut Self>) -> Pin<&mut tokio::fs::File> {
-        Pin::new(self.get_mut().file.as_mut().expect("file until into_parts"))
+    /// Writes a view as a snapshot stream into `out`, blocking (run it off
+    /// the async workers); gives `out` back with the bytes written.
+    pub fn export<W: std::io::Write + Send + 'static>(
+        mut self,
+        out: W,
+    ) -> std::io::Result<(W, u64)> {
+        let DataInner::View {
+            view,
+            header,
+            chunk_bytes,
+            observer,
+        } = &mut self.inner
+        else {
+            return Err(std::io::Error::other(
+                "a received snapshot file is installed, not sent on",
+            ));
+        };
+        let view = view
+            .take()
+            .ok_or_else(|| std::io::Error::other("the snapshot view was already exported"))?;
+        let started = std::time::Instant::now();
+        let (out, stats) = view
+            .export(out, *chunk_bytes, std::mem::take(header))
+            .map_err(std::io::Error::other)?;
+        observer.report(|e| e.snapshot_sent(stats.bytes, started.elapsed()));
+        Ok((out, stats.bytes))
+    }
+
+    /// The incoming file and its path (the caller now owns the file on
+    /// disk), or the view back.
+    pub(crate) fn into_incoming(mut self) -> Result<(tokio::fs::File, PathBuf), Self> {
+        match &mut self.inner {
+            DataInner::Incoming { file, path } => {
+                let file = file.take().expect("file until into_incoming");
+                let path = std::mem::take(path);
+                Ok((file, path))
+            }
+            DataInner::View { .. } => Err(self),
+        }
+    }
+
+    fn file(self: Pin<&mut Self>) -> std::io::Result<Pin<&mut tokio::fs::File>> {
+        match &mut self.get_mut().inner {
+            DataInner::Incoming {
+                file: Some(file), ..
+            } => Ok(Pin::new(file)),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a snapshot view is exported as a stream, not read as a file",
+            )),
+        }
     }
 }
 
-impl Drop for SnapshotFile {
+impl Drop for SnapshotData {
     fn drop(&mut self) {
-        if self.remove_on_drop {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "removing an abandoned snapshot transfer");
+        if let DataInner::Incoming {
+            file: Some(_),
+            path,
+        } = &self.inner
+        {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "removing an abandoned snapshot transfer");
             }
         }
     }
 }
 
-impl AsyncRead for SnapshotFile {
+impl AsyncRead for SnapshotData {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.file().poll_read(cx, buf)
+        match self.file() {
+            Ok(f) => f.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
-impl AsyncWrite for SnapshotFile {
+impl AsyncWrite for SnapshotData {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.file().poll_write(cx, buf)
+        match self.file() {
+            Ok(f) => f.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.file().poll_flush(cx)
+        match self.file() {
+            Ok(f) => f.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.file().poll_shutdown(cx)
+        match self.file() {
+            Ok(f) => f.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
-impl AsyncSeek for SnapshotFile {
+impl AsyncSeek for SnapshotData {
     fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
-        self.file().start_seek(position)
+        self.file()?.start_seek(position)
     }
 
     fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        self.file().poll_complete(cx)
+        match self.file() {
+            Ok(f) => f.poll_complete(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }

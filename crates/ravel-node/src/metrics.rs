@@ -64,9 +64,9 @@ impl NodeMetrics {
             proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
             read_round_reads: m::histogram(&r, "ravel_read_index_round_reads", "Linearizable reads served by one read-index round (one leadership confirmation with a quorum).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             log_append_seconds: m::histogram(&r, "ravel_log_append_duration_seconds", "Time to append entries to the Raft log and sync them to disk (one RocksDB write with fsync).", LATENCY_BUCKETS),
-            snapshots: m::counter_vec(&r, "ravel_snapshots_total", "Snapshots this replica built (from its state machine) or installed (received from the leader).", &["event"]),
-            snapshot_bytes: m::counter_vec(&r, "ravel_snapshot_bytes_total", "Bytes of the snapshots built or installed.", &["event"]),
-            snapshot_seconds: m::histogram_vec(&r, "ravel_snapshot_duration_seconds", "Time to build a snapshot (export and sync) or install a received one.", &["event"], &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            snapshots: m::counter_vec(&r, "ravel_snapshots_total", "Snapshots this replica built (a consistent point of its state machine, pinned; nothing is copied), sent (streamed from such a point to a lagging replica) or installed (received from the leader).", &["event"]),
+            snapshot_bytes: m::counter_vec(&r, "ravel_snapshot_bytes_total", "Bytes of the snapshots sent or installed (building copies nothing).", &["event"]),
+            snapshot_seconds: m::histogram_vec(&r, "ravel_snapshot_duration_seconds", "Time to build a snapshot (pin a consistent point), send one (export the stream to a peer) or install a received one.", &["event"], &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
             registry: r,
             raft,
             node_id,
@@ -182,8 +182,12 @@ impl ravel_consensus::observe::StorageEvents for StorageMetrics {
         self.log_append_seconds.observe(took.as_secs_f64());
     }
 
-    fn snapshot_built(&self, bytes: u64, took: Duration) {
-        self.snapshot("built", bytes, took);
+    fn snapshot_built(&self, took: Duration) {
+        self.snapshot("built", 0, took);
+    }
+
+    fn snapshot_sent(&self, bytes: u64, took: Duration) {
+        self.snapshot("sent", bytes, took);
     }
 
     fn snapshot_installed(&self, bytes: u64, took: Duration) {

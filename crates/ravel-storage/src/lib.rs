@@ -31,4 +31,4 @@ pub use data::ApplyBatch;
 pub use engine::{Engine, FORMAT_VERSION};
 pub use error::{Result, StorageError};
 pub use import::verify_snapshot_file;
-pub use snapshot::{read_snapshot_header, SnapshotStats};
+pub use snapshot::{read_snapshot_header, PinnedView, SnapshotStats};

@@ -19,7 +19,7 @@
 
 use std::io::{Read, Write};
 
-use rocksdb::{IteratorMode, ReadOptions};
+use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 
 use crate::engine::{Engine, CF_DATA, CF_SM_META, FORMAT_VERSION};
 use crate::error::{Result, StorageError};
@@ -64,14 +64,118 @@ impl<W: Write> CountingWriter<W> {
     }
 }
 
+/// A job run against a pinned view, on the view's own thread.
+type ViewJob = Box<dyn for<'a> FnOnce(&Engine, &SnapshotWithThreadMode<'a, DB>) + Send>;
+
+/// A consistent view of the state machine, pinned (a RocksDB snapshot,
+/// held on a thread of its own) from [`Engine::pin_view`] until it is
+/// exported or dropped. Nothing is copied: the view costs what RocksDB
+/// keeps alive for it (overwritten and deleted versions, for as long as it
+/// lives).
+pub struct PinnedView {
+    sm_meta: Vec<(String, Vec<u8>)>,
+    estimated_bytes: u64,
+    jobs: std::sync::mpsc::SyncSender<ViewJob>,
+}
+
+impl std::fmt::Debug for PinnedView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedView")
+            .field("estimated_bytes", &self.estimated_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PinnedView {
+    /// The state-machine metadata as of the view.
+    pub fn sm_meta(&self) -> &[(String, Vec<u8>)] {
+        &self.sm_meta
+    }
+
+    /// RocksDB's estimate of the user data's size when the view was pinned
+    /// (what an export will write, roughly: for deadlines and progress).
+    pub fn estimated_bytes(&self) -> u64 {
+        self.estimated_bytes
+    }
+
+    /// Writes the view as a snapshot stream to `out` (see the module
+    /// docs), blocking until it is written; gives `out` back.
+    pub fn export<W: Write + Send + 'static>(
+        self,
+        out: W,
+        chunk_bytes: usize,
+        header: Vec<u8>,
+    ) -> Result<(W, SnapshotStats)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let meta = self.sm_meta;
+        let job: ViewJob = Box::new(move |engine, snap| {
+            let mut out = out;
+            let res = engine.write_stream(snap, &meta, &mut out, chunk_bytes, &header);
+            let _ = tx.send(res.map(|stats| (out, stats)));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| bad("the snapshot view's thread is gone"))?;
+        rx.recv()
+            .map_err(|_| bad("the snapshot view's thread ended without an answer"))?
+    }
+}
+
 impl Engine {
+    /// Pins a consistent view of the state machine for a later export. The
+    /// view lives on a thread of its own (a RocksDB snapshot borrows the
+    /// database), which ends when the view is exported or dropped.
+    pub fn pin_view(&self) -> Result<PinnedView> {
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<ViewJob>(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("ravel-snapshot-view".into())
+            .spawn(move || {
+                let snap = engine.db().snapshot();
+                let pinned = engine.read_sm_meta(&snap).map(|meta| {
+                    let estimate = [
+                        "rocksdb.estimate-live-data-size",
+                        "rocksdb.cur-size-all-mem-tables",
+                    ]
+                    .iter()
+                    .filter_map(|p| {
+                        engine
+                            .db()
+                            .property_int_value_cf(engine.cf(CF_DATA), *p)
+                            .ok()
+                            .flatten()
+                    })
+                    .sum::<u64>();
+                    (meta, estimate)
+                });
+                let ok = pinned.is_ok();
+                if ready_tx.send(pinned).is_err() || !ok {
+                    return;
+                }
+                // One job at most; none if the view is dropped unused.
+                if let Ok(job) = job_rx.recv() {
+                    job(&engine, &snap);
+                }
+            })
+            .map_err(|e| bad(format!("starting a snapshot view's thread: {e}")))?;
+        let (sm_meta, estimated_bytes) = ready_rx
+            .recv()
+            .map_err(|_| bad("the snapshot view's thread ended early"))??;
+        Ok(PinnedView {
+            sm_meta,
+            estimated_bytes,
+            jobs,
+        })
+    }
+
     /// Writes a consistent snapshot of the state machine to `out`, in chunks
     /// of about `chunk_bytes`. `header` receives the state-machine metadata
     /// as of the snapshot (the same point in time as the data) and returns
     /// the opaque header to store in the stream.
     pub fn export_snapshot<W, H>(
         &self,
-        out: W,
+        mut out: W,
         chunk_bytes: usize,
         header: H,
     ) -> Result<SnapshotStats>
@@ -79,25 +183,42 @@ impl Engine {
         W: Write,
         H: FnOnce(&[(String, Vec<u8>)]) -> Vec<u8>,
     {
-        let chunk_bytes = chunk_bytes.clamp(1, MAX_FRAME as usize / 2);
         let snap = self.db().snapshot();
-        let read_opts = || {
-            let mut o = ReadOptions::default();
-            o.set_snapshot(&snap);
-            o
-        };
+        let meta = self.read_sm_meta(&snap)?;
+        let header = header(&meta);
+        self.write_stream(&snap, &meta, &mut out, chunk_bytes, &header)
+    }
 
+    /// The state-machine metadata as of `snap`.
+    fn read_sm_meta(
+        &self,
+        snap: &SnapshotWithThreadMode<'_, DB>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(snap);
         let mut meta = Vec::new();
         for item in self
             .db()
-            .iterator_cf_opt(self.cf(CF_SM_META), read_opts(), IteratorMode::Start)
+            .iterator_cf_opt(self.cf(CF_SM_META), opts, IteratorMode::Start)
         {
             let (k, v) = item.map_err(|e| self.rocks_err(e))?;
             let k = String::from_utf8(k.into_vec())
                 .map_err(|_| self.corrupt("state-machine metadata key is not UTF-8"))?;
             meta.push((k, v.into_vec()));
         }
-        let header = header(&meta);
+        Ok(meta)
+    }
+
+    /// Writes the stream of the view `snap`, whose metadata is `meta`.
+    fn write_stream<W: Write>(
+        &self,
+        snap: &SnapshotWithThreadMode<'_, DB>,
+        meta: &[(String, Vec<u8>)],
+        out: W,
+        chunk_bytes: usize,
+        header: &[u8],
+    ) -> Result<SnapshotStats> {
+        let chunk_bytes = chunk_bytes.clamp(1, MAX_FRAME as usize / 2);
         if header.len() > MAX_FRAME as usize {
             return Err(bad("snapshot header too large"));
         }
@@ -108,11 +229,11 @@ impl Engine {
         };
         let mut crc = crc32fast::Hasher::new();
         crc.update(&FORMAT_VERSION.to_be_bytes());
-        crc.update(&header);
+        crc.update(header);
         w.put(MAGIC)?;
         w.put(&FORMAT_VERSION.to_be_bytes())?;
         w.put(&(header.len() as u32).to_be_bytes())?;
-        w.put(&header)?;
+        w.put(header)?;
         w.put(&crc.finalize().to_be_bytes())?;
 
         let mut stats = SnapshotStats::default();
@@ -139,13 +260,17 @@ impl Engine {
             payload.extend_from_slice(&(v.len() as u32).to_be_bytes());
             payload.extend_from_slice(v);
         };
-        for (k, v) in &meta {
+        for (k, v) in meta {
             push(CF_TAG_SM_META, k.as_bytes(), v, &mut payload);
             stats.entries += 1;
         }
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(snap);
+        // A full scan: do not evict the working set from the block cache.
+        opts.fill_cache(false);
         for item in self
             .db()
-            .iterator_cf_opt(self.cf(CF_DATA), read_opts(), IteratorMode::Start)
+            .iterator_cf_opt(self.cf(CF_DATA), opts, IteratorMode::Start)
         {
             let (k, v) = item.map_err(|e| self.rocks_err(e))?;
             push(CF_TAG_DATA, &k, &v, &mut payload);

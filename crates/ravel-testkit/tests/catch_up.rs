@@ -99,8 +99,8 @@ async fn follower_behind_purged_log_catches_up_by_snapshot() {
         snap.is_some_and(|s| s.index > behind),
         "follower did not install a snapshot: {snap:?}"
     );
-    // The metrics saw it: the leader built snapshots, the follower
-    // installed one, both with their sizes.
+    // The metrics saw it: the leader built snapshots and sent one, the
+    // follower installed it, both with their sizes.
     let sample = |i: usize, series: &'static str| {
         let addr = sys.nodes[i].node().metrics_addr().unwrap().to_string();
         async move {
@@ -121,9 +121,20 @@ async fn follower_behind_purged_log_catches_up_by_snapshot() {
         }
     };
     assert!(sample(leader, r#"ravel_snapshots_total{event="built"}"#).await >= 1.0);
-    assert!(sample(leader, r#"ravel_snapshot_bytes_total{event="built"}"#).await > 0.0);
+    assert!(sample(leader, r#"ravel_snapshot_bytes_total{event="sent"}"#).await > 0.0);
     assert!(sample(follower, r#"ravel_snapshots_total{event="installed"}"#).await >= 1.0);
     assert!(sample(follower, r#"ravel_snapshot_bytes_total{event="installed"}"#).await > 0.0);
+    // A snapshot is a pinned view of the state machine, streamed when
+    // needed: no replica keeps a copy of its data in snapshot files, and
+    // the received file is gone once installed.
+    for i in [leader, follower] {
+        let dir = sys.nodes[i].node().data_dir().join("snapshots");
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(files.is_empty(), "{} holds {files:?}", dir.display());
+    }
     sys.shutdown().await;
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Requests and replies are openraft's own types, encoded with
 //! `ravel_consensus::codec` into a `RaftMessage`. Snapshots are streamed from
-//! their file in checksummed chunks, with a deadline per chunk and one for
+//! a pinned view of the state machine in checksummed chunks, with a deadline per chunk and one for
 //! the whole transfer (openraft's per-RPC snapshot timeout is sized for one
 //! small chunk and would wedge large snapshots).
 
@@ -377,11 +377,11 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let bytes = tokio::fs::metadata(snapshot.snapshot.path())
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let total = self.snapshot.deadline(bytes);
+        // RocksDB's estimate of the stored (compressed) data: the deadline
+        // allows for twice as many bytes on the wire.
+        let total = self
+            .snapshot
+            .deadline(snapshot.snapshot.estimated_bytes().saturating_mul(2));
         let transfer = self.stream_snapshot(vote, snapshot);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -1,7 +1,8 @@
-//! Sending a snapshot: streamed from its file in checksummed chunks, with
-//! a deadline per chunk and one for the whole transfer that grows with the
-//! snapshot's size (openraft's per-RPC snapshot timeout is sized for one
-//! small chunk and would wedge large snapshots).
+//! Sending a snapshot: its pinned view of the state machine is exported as
+//! a stream while it is sent, in checksummed chunks, with a deadline per
+//! chunk and one for the whole transfer that grows with the snapshot's
+//! size (openraft's per-RPC snapshot timeout is sized for one small chunk
+//! and would wedge large snapshots). No copy of the data is made first.
 
 use std::time::Duration;
 
@@ -12,7 +13,6 @@ use openraft::Snapshot;
 use ravel_consensus::types::{NodeId, TypeConfig, Vote};
 use ravel_proto::raft::SnapshotChunk;
 use ravel_transport::TransportError;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{classify, decode, encode, CallError, RaftPeer};
 use crate::config::SnapshotSettings;
@@ -71,70 +71,42 @@ impl RaftPeer {
             .await
             .map_err(fail)?;
         let header = encode(&(vote, snapshot.meta.clone())).map_err(fail)?;
-        let mut file = snapshot.snapshot;
-        file.seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
-        let chunk_bytes = self.snapshot.chunk_bytes.max(1);
-        let chunk_timeout = self.snapshot.chunk_timeout;
-        let faults = self.faults.clone();
-        let (from, target) = (self.from, self.target);
-        // Reads the file and feeds the stream; stops when the receiver is
-        // gone or a chunk waits longer than its deadline.
-        let producer = tokio::spawn(async move {
-            let mut offset = 0u64;
-            let mut header = Some(header);
-            loop {
-                let mut data = vec![0u8; chunk_bytes];
-                let mut filled = 0;
-                while filled < chunk_bytes {
-                    let n = file.read(&mut data[filled..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                data.truncate(filled);
-                let done = filled < chunk_bytes;
-                if faults.is_cut(from, target) {
-                    return Err(std::io::Error::other("traffic cut (fault injection)"));
-                }
-                let chunk = SnapshotChunk {
-                    header: header.take(),
-                    offset,
-                    crc32: crc32fast::hash(&data),
-                    data,
-                    done,
-                };
-                offset += filled as u64;
-                match tokio::time::timeout(chunk_timeout, tx.send(chunk)).await {
-                    Err(_) => {
-                        return Err(std::io::Error::other(format!(
-                            "chunk at offset {offset} not taken within {chunk_timeout:?}"
-                        )))
-                    }
-                    Ok(Err(_)) => return Ok(offset), // receiver gone: the call ended
-                    Ok(Ok(())) => {}
-                }
-                if done {
-                    return Ok(offset);
-                }
-            }
+        let sink = ChunkSink {
+            tx,
+            runtime: tokio::runtime::Handle::current(),
+            chunk_bytes: self.snapshot.chunk_bytes.max(1),
+            chunk_timeout: self.snapshot.chunk_timeout,
+            faults: self.faults.clone(),
+            from: self.from,
+            target: self.target,
+            header: Some(header),
+            offset: 0,
+            buf: Vec::new(),
+        };
+        let data = snapshot.snapshot;
+        // Exports the view into the stream (on the view's own thread);
+        // stops when the receiver is gone or a chunk waits longer than its
+        // deadline.
+        let producer = tokio::task::spawn_blocking(move || {
+            let (sink, _) = data.export(sink)?;
+            sink.finish()
         });
 
         let mut client = self.client().map_err(fail)?;
         let result = client
             .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await;
-        let produced = producer.await;
+        let produced = producer
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
         let reply = match result {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 // A producer failure explains a broken stream better than the
                 // status does.
-                if let Ok(Err(e)) = produced {
+                if let Err(e) = produced {
                     return Err(StreamingError::Network(NetworkError::new(&e)));
                 }
                 return Err(fail(TransportError::from_status(&self.addr, status)));
@@ -143,6 +115,81 @@ impl RaftPeer {
         let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
             decode(&self.addr, &reply).map_err(fail)?;
         res.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+    }
+}
+
+/// Cuts an exported snapshot stream into chunks and feeds them to the
+/// gRPC call, from a blocking thread.
+struct ChunkSink {
+    tx: tokio::sync::mpsc::Sender<SnapshotChunk>,
+    runtime: tokio::runtime::Handle,
+    chunk_bytes: usize,
+    chunk_timeout: Duration,
+    faults: ravel_transport::Faults,
+    from: NodeId,
+    target: NodeId,
+    /// The transfer's header (vote and snapshot metadata), on the first
+    /// chunk.
+    header: Option<ravel_proto::raft::RaftMessage>,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl ChunkSink {
+    fn send(&mut self, data: Vec<u8>, done: bool) -> std::io::Result<()> {
+        if self.faults.is_cut(self.from, self.target) {
+            return Err(std::io::Error::other("traffic cut (fault injection)"));
+        }
+        let len = data.len() as u64;
+        let chunk = SnapshotChunk {
+            header: self.header.take(),
+            offset: self.offset,
+            crc32: crc32fast::hash(&data),
+            data,
+            done,
+        };
+        let (tx, wait) = (&self.tx, self.chunk_timeout);
+        // The timer is made inside `block_on`: this thread is not the
+        // runtime's.
+        let sent = self
+            .runtime
+            .block_on(async move { tokio::time::timeout(wait, tx.send(chunk)).await });
+        match sent {
+            Err(_) => Err(std::io::Error::other(format!(
+                "chunk at offset {} not taken within {:?}",
+                self.offset, self.chunk_timeout
+            ))),
+            Ok(Err(_)) => Err(std::io::Error::other(
+                "the snapshot call ended before the stream did",
+            )),
+            Ok(Ok(())) => {
+                self.offset += len;
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the rest as the last chunk; the bytes sent.
+    fn finish(mut self) -> std::io::Result<u64> {
+        let rest = std::mem::take(&mut self.buf);
+        self.send(rest, true)?;
+        Ok(self.offset)
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= self.chunk_bytes {
+            let rest = self.buf.split_off(self.chunk_bytes);
+            let full = std::mem::replace(&mut self.buf, rest);
+            self.send(full, false)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
