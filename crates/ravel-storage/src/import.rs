@@ -427,6 +427,7 @@ mod tests {
         assert!(dst.scan(b"", 10).unwrap().is_empty());
         assert_eq!(dst.sm_meta("last_applied").unwrap(), None);
     }
+
     /// A pinned view exports the state as of the moment it was pinned, not
     /// what was written after: the stream is the same bytes an export at
     /// that moment would have written.
