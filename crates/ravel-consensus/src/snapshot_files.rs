@@ -80,11 +80,14 @@ impl SnapshotDir {
     /// needs it.
     pub(crate) fn clean(&self, engine: &Engine) -> std::io::Result<()> {
         let _serial = self.lock();
+        // By name: the recorded path may spell the directory differently
+        // (a data_dir given another way since).
         let pending = engine.pending_import().map_err(storage_err)?;
+        let keep = pending.as_deref().and_then(Path::file_name);
         for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if Some(&path) != pending.as_ref() {
-                std::fs::remove_file(&path)?;
+            let entry = entry?;
+            if Some(entry.file_name().as_os_str()) != keep {
+                std::fs::remove_file(entry.path())?;
             }
         }
         Ok(())
@@ -382,8 +385,12 @@ mod tests {
             std::fs::write(f, b"left over").unwrap();
         }
 
+        // Spelled differently from the path the import recorded: the file
+        // it needs is recognised by name.
+        let respelled = dir.path().join("snapshots-link");
+        std::os::unix::fs::symlink(&snap_dir, &respelled).unwrap();
         let mut sm =
-            StateMachine::open(Engine::open(&engine_dir).unwrap(), &snap_dir, 4096).unwrap();
+            StateMachine::open(Engine::open(&engine_dir).unwrap(), &respelled, 4096).unwrap();
         assert_eq!(sm.engine().pending_import().unwrap(), None);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2000));
