@@ -1,4 +1,4 @@
-//! `RaftStateMachine` over ravel-storage, and snapshots as files.
+//! `RaftStateMachine` over ravel-storage: applying entries, taking and installing snapshots.
 //!
 //! Applying a batch of entries is one RocksDB `WriteBatch`: the data, the
 //! last applied log id and the membership change together or not at all.
@@ -58,7 +58,7 @@ pub(crate) fn invalid(msg: String) -> std::io::Error {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `engine`, keeping snapshot files in
+    /// Opens the state machine over `engine`, receiving snapshots in
     /// `snapshot_dir` (created if needed; leftovers of transfers and older
     /// versions' snapshot files are removed, an interrupted install is
     /// redone).
