@@ -80,13 +80,13 @@ impl SnapshotDir {
     /// needs it.
     pub(crate) fn clean(&self, engine: &Engine) -> std::io::Result<()> {
         let _serial = self.lock();
-        // By name: the recorded path may spell the directory differently
-        // (a data_dir given another way since).
+        // By name, as the redo finds it. Files only: whatever else is here
+        // (a file system's `lost+found`) is not ours.
         let pending = engine.pending_import().map_err(storage_err)?;
         let keep = pending.as_deref().and_then(Path::file_name);
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if Some(entry.file_name().as_os_str()) != keep {
+            if entry.file_type()?.is_file() && Some(entry.file_name().as_os_str()) != keep {
                 std::fs::remove_file(entry.path())?;
             }
         }
@@ -182,8 +182,14 @@ impl SnapshotDir {
     /// partial until it is redone from the kept snapshot file.
     pub(crate) fn redo_pending_install(&self, engine: &Engine) -> std::io::Result<()> {
         let _serial = self.lock();
-        let Some(path) = engine.pending_import().map_err(storage_err)? else {
+        let Some(recorded) = engine.pending_import().map_err(storage_err)? else {
             return Ok(());
+        };
+        // Kept here under its name (`keep`): the recorded path may name
+        // this directory another way, or where it was before a move.
+        let path = match recorded.file_name() {
+            Some(name) => self.dir.join(name),
+            None => recorded,
         };
         if !path.is_file() {
             return Err(invalid(format!(
@@ -350,8 +356,9 @@ mod tests {
 
     /// A crash in the middle of an install: reopening the state machine
     /// redoes the install from the kept file before anything reads it,
-    /// then deletes the file; other leftovers (an older version's snapshot
-    /// file, a partial transfer) are deleted at once.
+    /// then deletes the file, even when the directory moved since; other
+    /// leftovers (an older version's snapshot file, a partial transfer) are
+    /// deleted at once, and what is not a file is left alone.
     #[tokio::test]
     async fn reopening_redoes_an_interrupted_install() {
         let dir = tempfile::tempdir().unwrap();
@@ -385,19 +392,24 @@ mod tests {
             std::fs::write(f, b"left over").unwrap();
         }
 
-        // Spelled differently from the path the import recorded: the file
-        // it needs is recognised by name.
-        let respelled = dir.path().join("snapshots-link");
-        std::os::unix::fs::symlink(&snap_dir, &respelled).unwrap();
+        // The snapshot directory moved since the import recorded its file's
+        // path: the file is found here by name.
+        let moved = dir.path().join("moved-snap");
+        std::fs::rename(&snap_dir, &moved).unwrap();
+        let snap_dir = moved;
+        std::fs::create_dir(snap_dir.join("lost+found")).unwrap();
         let mut sm =
-            StateMachine::open(Engine::open(&engine_dir).unwrap(), &respelled, 4096).unwrap();
+            StateMachine::open(Engine::open(&engine_dir).unwrap(), &snap_dir, 4096).unwrap();
         assert_eq!(sm.engine().pending_import().unwrap(), None);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2000));
         assert_eq!(sm.engine().scan(b"", usize::MAX).unwrap().len(), 2000);
         assert_eq!(sm.engine().get(b"old00001").unwrap(), None);
-        let left: Vec<_> = std::fs::read_dir(&snap_dir).unwrap().collect();
-        assert!(left.is_empty(), "{left:?}");
+        let left: Vec<_> = std::fs::read_dir(&snap_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["lost+found"], "only what is not ours is left");
     }
 
     /// Taking a snapshot copies nothing: the snapshot directory stays empty,
