@@ -173,20 +173,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         blocking(move || {
             let started = std::time::Instant::now();
-            let synced = match incoming {
-                Ok((file, path)) => match file.sync_all() {
-                    Ok(()) => Ok(path),
-                    Err(e) => Err((e, Some(path))),
-                },
-                // A view handed over in process: written out first.
-                Err(view) => snapshots.write_out(view).map_err(|e| (e, None)),
-            };
-            let path = synced.map_err(|(e, path)| {
-                if let Some(path) = path {
-                    let _ = std::fs::remove_file(&path);
+            let path = match incoming {
+                Ok((file, path)) => {
+                    if let Err(e) = file.sync_all() {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(snap_err(e));
+                    }
+                    path
                 }
-                snap_err(e)
-            })?;
+                // A view handed over in process: written out first (a failed
+                // write-out removes its own file).
+                Err(view) => snapshots.write_out(view).map_err(snap_err)?,
+            };
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let res = snapshots.install(&engine, &path, &expected);
             if res.is_ok() {
