@@ -7,9 +7,12 @@
 //!    of its log on, it refuses writes routed by an older ring (requests the
 //!    admin gave up on that are still queued or on the wire). Every write
 //!    that got in before the fence is seen by the listing that follows.
-//! 2. **Copy, key by key**: to the new owner only if absent there
-//!    (`SetIfAbsent`), then delete from the old owner only if it still holds
-//!    the copied value (`DeleteIfEqual`). A key present on the destination
+//! 2. **Copy, page by page**: each key to the new owner only if absent
+//!    there (`SetIfAbsent`), then delete it from the old owner only if it
+//!    still holds the copied value (`DeleteIfEqual`). Both go in batches of
+//!    about a MiB, one log entry each (`SetIfAbsentBatch`,
+//!    `DeleteIfEqualBatch`), and the next page is listed while the current
+//!    one is written. A key present on the destination
 //!    is newer by construction: the destination held nothing of these
 //!    partitions when the move was planned (old owners are fenced, and the
 //!    tombstones of earlier moves are swept before a new plan), so anything
@@ -29,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use ravel_proto::ext::{FenceRequest, KeyValue, ListPartitionsRequest};
+use ravel_proto::ext::{FenceRequest, KeyValue, KeyValueBatch, ListPartitionsRequest};
+use ravel_proto::limits::{MOVE_BATCH_BYTES, MOVE_BATCH_ENTRIES};
 use ravel_transport::retry::Attempts;
 use tokio::time::Instant;
 
@@ -38,8 +42,9 @@ use crate::registry::{PartitionMove, RegistryError, RelocationProgress, Sweep};
 use crate::router::{CallError, Router};
 use crate::state::AdminState;
 
-/// Entries fetched per listing page.
-const PAGE: u32 = 256;
+/// Entries fetched per listing page (a page also stops at
+/// `ravel_proto::limits::LIST_PAGE_BYTES`).
+const PAGE: u32 = 2048;
 /// Deadline of one step of the mover (a page, a copy); a failed step is
 /// retried after a pause, forever: progress is persisted.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,30 +170,29 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
         .map(|(p, _)| *p)
         .collect();
     let key = pair_key(&from, &to);
-    let mut cursor = r.cursors.get(&key).cloned();
+    let cursor = r.cursors.get(&key).cloned();
     tracing::info!(relocation = r.id, %from, %to, partitions = partitions.len(), resume = cursor.is_some(), "moving partitions");
     let count = router.ring().partitions;
     fence(admin, &from).await?;
     admin.holds.point("mover.before_copy").await;
+    let mut listing = list(router, &from, count, &partitions, cursor.clone()).await?;
     loop {
-        let page = list(router, &from, count, &partitions, cursor.clone()).await?;
-        let (from_ref, to_ref) = (&from, &to);
-        let moves = page.entries.into_iter().map(|e| async move {
-            let deadline = Instant::now() + STEP_TIMEOUT;
-            // A tombstone on the source is a leftover of an older admin
-            // (sweeps are persisted now): it means "absent"; drop it.
-            if e.value != TOMBSTONE {
-                conditional(admin, Conditional::SetIfAbsent, to_ref, &e, deadline).await?;
-            }
-            conditional(admin, Conditional::DeleteIfEqual, from_ref, &e, deadline).await
+        let page = listing;
+        // The next page is listed while this one is written: it holds only
+        // keys after this page's, which the writes do not touch.
+        let next = (!page.done).then(|| {
+            let after = Some(page.last_key.clone());
+            list(router, &from, count, &partitions, after)
         });
-        let results = join_all(moves).await;
-        let moved = results.len() as u64;
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-            return Err(e);
-        }
+        let (moved, next) = tokio::join!(move_page(admin, &from, &to, &page.entries), async {
+            match next {
+                Some(listing) => Some(listing.await),
+                None => None,
+            }
+        });
+        moved?;
+        let moved = page.entries.len() as u64;
         admin.metrics.keys_moved(moved);
-        cursor = Some(page.last_key.clone());
         registry
             .update(|s| {
                 if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == r.id) {
@@ -198,8 +202,9 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             })
             .await
             .map_err(|e| e.to_string())?;
-        if page.done {
-            break;
+        match next {
+            None => break,
+            Some(next) => listing = next?,
         }
     }
     // The pair is done: its partitions are served by the destination
@@ -347,6 +352,102 @@ enum Conditional {
     DeleteIfEqual,
 }
 
+/// Step 2 for one page: in batches, each copied to `to` if absent there,
+/// then deleted from `from` if it still holds the copied value.
+async fn move_page(
+    admin: &AdminState,
+    from: &str,
+    to: &str,
+    entries: &[KeyValue],
+) -> Result<(), String> {
+    let moves = batches(entries).into_iter().map(|batch| async move {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        // A tombstone on the source is a leftover of an older admin
+        // (sweeps are persisted now): it means "absent"; drop it.
+        let copies: Vec<KeyValue> = batch
+            .iter()
+            .filter(|e| e.value != TOMBSTONE)
+            .cloned()
+            .collect();
+        if !copies.is_empty() {
+            conditional_batch(admin, Conditional::SetIfAbsent, to, &copies, deadline).await?;
+        }
+        conditional_batch(admin, Conditional::DeleteIfEqual, from, batch, deadline).await
+    });
+    join_all(moves).await.into_iter().try_for_each(|r| r.map(drop))
+}
+
+/// `entries` cut, in order, into the largest move batches the nodes take
+/// (`ravel_proto::limits::MOVE_BATCH_BYTES`, `MOVE_BATCH_ENTRIES`). An
+/// entry larger than a batch goes alone.
+fn batches(entries: &[KeyValue]) -> Vec<&[KeyValue]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let size = e.key.len() + e.value.len();
+        if i > start && (bytes + size > MOVE_BATCH_BYTES || i - start >= MOVE_BATCH_ENTRIES) {
+            out.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
+/// Runs `op` on every entry of `batch` on `cluster`'s leader, as one
+/// request; whether each applied. One request id for every attempt, so a
+/// retry takes effect once. A node without the batch calls (an older
+/// version: UNIMPLEMENTED, so nothing was applied) gets them one by one.
+async fn conditional_batch(
+    admin: &AdminState,
+    op: Conditional,
+    cluster: &str,
+    batch: &[KeyValue],
+    deadline: Instant,
+) -> Result<Vec<bool>, String> {
+    let ticket = admin.session.begin();
+    // Never below a fence the mover set: the generation only grows.
+    let epoch = admin.registry.snapshot().ring.generation;
+    let answer = admin
+        .router
+        .call(cluster, deadline, |ch, remaining| {
+            let mut req = tonic::Request::new(KeyValueBatch {
+                entries: batch.to_vec(),
+            });
+            req.set_timeout(remaining);
+            ticket.id().insert(req.metadata_mut());
+            ravel_proto::metadata::insert_ring_epoch(req.metadata_mut(), epoch);
+            async move {
+                let mut client = Router::ext(ch);
+                let answer = match op {
+                    Conditional::SetIfAbsent => client.set_if_absent_batch(req).await,
+                    Conditional::DeleteIfEqual => client.delete_if_equal_batch(req).await,
+                };
+                answer.map(|r| r.into_inner().applied)
+            }
+        })
+        .await;
+    match answer {
+        Ok(applied) if applied.len() == batch.len() => Ok(applied),
+        Ok(applied) => Err(format!(
+            "{cluster}: {} results for a batch of {}",
+            applied.len(),
+            batch.len()
+        )),
+        Err(CallError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
+            drop(ticket);
+            let each = batch
+                .iter()
+                .map(|e| conditional(admin, op, cluster, e, deadline));
+            join_all(each).await.into_iter().collect()
+        }
+        Err(e) => Err(step_err(e)),
+    }
+}
+
 /// Runs `op` with entry `e` on `cluster`'s leader; whether it applied. One
 /// request id for every attempt, so a retry takes effect once.
 async fn conditional(
@@ -389,11 +490,14 @@ async fn remove_tombstones(
     loop {
         let page = list(&admin.router, cluster, count, partitions, cursor).await?;
         let deadline = Instant::now() + STEP_TIMEOUT;
-        let removals = page
+        let tombstones: Vec<KeyValue> = page
             .entries
-            .iter()
+            .into_iter()
             .filter(|e| e.value == TOMBSTONE)
-            .map(|e| conditional(admin, Conditional::DeleteIfEqual, cluster, e, deadline));
+            .collect();
+        let removals = batches(&tombstones).into_iter().map(|batch| {
+            conditional_batch(admin, Conditional::DeleteIfEqual, cluster, batch, deadline)
+        });
         for r in join_all(removals).await {
             r?;
         }
@@ -401,5 +505,46 @@ async fn remove_tombstones(
             return Ok(());
         }
         cursor = Some(page.last_key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: usize, value_bytes: usize) -> KeyValue {
+        KeyValue {
+            key: format!("{key:08}").into_bytes(),
+            value: vec![b'v'; value_bytes],
+        }
+    }
+
+    fn sizes(bs: &[&[KeyValue]]) -> Vec<usize> {
+        bs.iter().map(|b| b.len()).collect()
+    }
+
+    #[test]
+    fn batches_cut_in_order_by_bytes_and_count() {
+        assert!(batches(&[]).is_empty());
+        // By bytes: 1 KiB entries (8-byte keys), as many as fit.
+        let entries: Vec<KeyValue> = (0..3000).map(|i| kv(i, 1016)).collect();
+        let per = MOVE_BATCH_BYTES / 1024;
+        let bs = batches(&entries);
+        assert_eq!(sizes(&bs), vec![per, per, 3000 - 2 * per]);
+        // By count: tiny entries.
+        let entries: Vec<KeyValue> = (0..MOVE_BATCH_ENTRIES * 2 + 1).map(|i| kv(i, 0)).collect();
+        let bs = batches(&entries);
+        assert_eq!(sizes(&bs), vec![MOVE_BATCH_ENTRIES, MOVE_BATCH_ENTRIES, 1]);
+        // An entry larger than a batch goes alone; order is kept.
+        let entries = vec![kv(0, 10), kv(1, MOVE_BATCH_BYTES), kv(2, 10), kv(3, 10)];
+        let bs = batches(&entries);
+        assert_eq!(sizes(&bs), vec![1, 1, 2]);
+        let flat: Vec<&KeyValue> = bs.iter().flat_map(|b| b.iter()).collect();
+        assert!(flat.iter().zip(&entries).all(|(a, b)| *a == b));
+        // Every batch stays within both bounds unless it is one entry.
+        for b in bs {
+            let bytes: usize = b.iter().map(|e| e.key.len() + e.value.len()).sum();
+            assert!(b.len() == 1 || (bytes <= MOVE_BATCH_BYTES && b.len() <= MOVE_BATCH_ENTRIES));
+        }
     }
 }

@@ -290,8 +290,11 @@ impl NodeConfig {
             return invalid("limits.max_proposals_in_flight", "must be > 0");
         }
         // The largest entry (a batch plus the command that crossed the
-        // limit) must fit in one Raft message.
-        let largest_entry = l.batch_max_bytes + l.max_value_bytes + l.max_key_bytes + (64 << 10);
+        // limit: one write, or one of the admin's move batches) must fit
+        // in one Raft message.
+        let largest_command = (l.max_value_bytes + l.max_key_bytes)
+            .max(ravel_proto::limits::MOVE_BATCH_BYTES + ravel_proto::limits::ENVELOPE_BYTES);
+        let largest_entry = l.batch_max_bytes + largest_command + (64 << 10);
         if largest_entry > MAX_RAFT_MESSAGE_BYTES {
             return invalid(
                 "limits.batch_max_bytes",

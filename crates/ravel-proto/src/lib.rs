@@ -116,11 +116,24 @@ pub mod limits {
     /// A `ListPartitions` page stops growing once its keys and values
     /// reach this size (it always holds at least one entry).
     pub const LIST_PAGE_BYTES: usize = 4 << 20;
+    /// A `SetIfAbsentBatch` / `DeleteIfEqualBatch` holds at most this many
+    /// entries ...
+    pub const MOVE_BATCH_ENTRIES: usize = 4096;
+    /// ... and at most this many bytes of keys and values, unless it holds
+    /// a single entry (bounded by the node's key and value limits).
+    pub const MOVE_BATCH_BYTES: usize = 1 << 20;
 
     /// The largest request a node configured for `max_key` and `max_value`
     /// decodes; larger ones are refused with RESOURCE_EXHAUSTED.
     pub const fn max_request_bytes(max_key: usize, max_value: usize) -> usize {
         max_key + max_value + ENVELOPE_BYTES
+    }
+
+    /// The largest `RavelNodeExt` request such a node decodes: a single
+    /// entry as above, or a move batch (its framing, under 16 bytes per
+    /// entry, fits in [`ENVELOPE_BYTES`]).
+    pub const fn max_ext_request_bytes(max_key: usize, max_value: usize) -> usize {
+        max_request_bytes(max_key, max_value) + MOVE_BATCH_BYTES + ENVELOPE_BYTES
     }
 }
 

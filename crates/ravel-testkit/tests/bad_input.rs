@@ -299,3 +299,113 @@ async fn large_values_within_the_configured_limit_work_everywhere() {
     assert!(pages >= 2, "{pages} pages");
     sys.shutdown().await;
 }
+
+/// The mover's batch calls: one result per entry, each entry seeing the
+/// ones before it; one request id, so a retried batch takes effect once;
+/// a fenced batch applies nothing; bad batches are refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_batches_apply_once_in_order_and_refuse_bad_batches() {
+    use ravel_proto::ext::ravel_node_ext_client::RavelNodeExtClient;
+    use ravel_proto::ext::{FenceRequest, KeyValue, KeyValueBatch};
+    use ravel_proto::limits::{MOVE_BATCH_BYTES, MOVE_BATCH_ENTRIES};
+    use ravel_transport::session::ClientSession;
+
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let mut ext = RavelNodeExtClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", sys.nodes[leader].addr))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let kv = |k: &str, v: &[u8]| KeyValue {
+        key: k.as_bytes().to_vec(),
+        value: v.to_vec(),
+    };
+    let batch = |entries: Vec<KeyValue>| KeyValueBatch { entries };
+    let session = ClientSession::new();
+
+    // In order, each entry seeing the ones before it.
+    let ticket = session.begin();
+    let mut req = tonic::Request::new(batch(vec![kv("a", b"1"), kv("b", b"2"), kv("a", b"3")]));
+    ticket.id().insert(req.metadata_mut());
+    let r = ext.set_if_absent_batch(req).await.unwrap().into_inner();
+    assert_eq!(r.applied, vec![true, true, false]);
+    assert_eq!(sys.run(leader, "get", b"a", b"").await.unwrap().get_ref().data, b"1");
+
+    // The same request again (a retry whose first answer was lost) returns
+    // the recorded results and changes nothing, even after "a" was removed.
+    sys.run(leader, "delete", b"a", b"").await.unwrap();
+    let mut again = tonic::Request::new(batch(vec![kv("a", b"1"), kv("b", b"2"), kv("a", b"3")]));
+    ticket.id().insert(again.metadata_mut());
+    let r = ext.set_if_absent_batch(again).await.unwrap().into_inner();
+    assert_eq!(r.applied, vec![true, true, false]);
+    assert_eq!(
+        sys.run(leader, "get", b"a", b"").await.unwrap_err().code(),
+        Code::NotFound,
+        "a retried batch applied twice"
+    );
+    drop(ticket);
+
+    let r = ext
+        .delete_if_equal_batch(batch(vec![kv("b", b"9"), kv("b", b"2"), kv("c", b"")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.applied, vec![false, true, false]);
+    assert_eq!(
+        sys.run(leader, "get", b"b", b"").await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // Fenced: a batch routed by an older ring applies none of its entries.
+    ext.fence(FenceRequest { epoch: 7 }).await.unwrap();
+    let mut late = tonic::Request::new(batch(vec![kv("d", b"1"), kv("e", b"1")]));
+    ravel_proto::metadata::insert_ring_epoch(late.metadata_mut(), 6);
+    let err = ext.set_if_absent_batch(late).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    for k in [b"d", b"e"] {
+        assert_eq!(
+            sys.run(leader, "get", k, b"").await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+
+    // Refused whole, with the reason: empty, too many entries, too many
+    // bytes, one bad entry. Nothing of them is written.
+    let limits = sys.settings.limits.clone();
+    let many = (0..=MOVE_BATCH_ENTRIES)
+        .map(|i| kv(&format!("m{i}"), b"v"))
+        .collect();
+    let half = vec![b'v'; MOVE_BATCH_BYTES / 2 + 1];
+    let cases: Vec<(Vec<KeyValue>, &str)> = vec![
+        (Vec::new(), "at least one entry"),
+        (many, "entries; the limit is"),
+        (vec![kv("f", &half), kv("g", &half)], "bytes of keys and values"),
+        (vec![kv("h", b"1"), kv("", b"1")], "key must not be empty"),
+        (vec![kv("i", &vec![0; limits.max_value_bytes + 1])], "value is"),
+    ];
+    for (entries, reason) in cases {
+        let err = ext.set_if_absent_batch(batch(entries)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(reason), "{:?} lacks {reason:?}", err.message());
+    }
+    for k in [&b"f"[..], b"g", b"h", b"i", b"m0"] {
+        assert_eq!(
+            sys.run(leader, "get", k, b"").await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    // A single entry may exceed the batch's byte bound (up to the value
+    // limit).
+    let big = vec![b'v'; limits.max_value_bytes];
+    assert!(big.len() + 3 > MOVE_BATCH_BYTES, "the default limits changed");
+    let r = ext
+        .set_if_absent_batch(batch(vec![kv("big", &big)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.applied, vec![true]);
+    assert_eq!(sys.run(leader, "get", b"big", b"").await.unwrap().get_ref().data, big);
+    sys.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! Fault injection between nodes, for tests: cut, or delay, the traffic from
-//! one node to another; lose the answer to a request that took effect.
+//! one node to another; lose the answer to a request that took effect;
+//! make a node answer like an older version.
 //! Compiled to no-ops unless the `fault-injection` feature is on, so
 //! release binaries carry none of it by default.
 
@@ -17,6 +18,8 @@ mod imp {
         pub delay: HashMap<(u64, u64), Duration>,
         /// (node, key): answers to lose, each after holding it this long.
         pub lost_answers: HashMap<(u64, Vec<u8>), Duration>,
+        /// Nodes that answer the move-batch calls UNIMPLEMENTED.
+        pub without_move_batches: HashSet<u64>,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -69,6 +72,21 @@ impl Faults {
         {
             let _ = (node, key);
             None
+        }
+    }
+
+    /// Whether node `node` is to act like a version without the move-batch
+    /// calls (`SetIfAbsentBatch`, `DeleteIfEqualBatch`).
+    pub fn lacks_move_batches(&self, node: u64) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            s.without_move_batches.contains(&node)
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = node;
+            false
         }
     }
 
@@ -127,12 +145,21 @@ impl Faults {
         });
     }
 
+    /// Node `node` answers the move-batch calls UNIMPLEMENTED, as a node
+    /// of an older version would, until [`Faults::heal`].
+    pub fn remove_move_batches(&self, node: u64) {
+        self.with(|s| {
+            s.without_move_batches.insert(node);
+        });
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         self.with(|s| {
             s.cut.clear();
             s.delay.clear();
             s.lost_answers.clear();
+            s.without_move_batches.clear();
         });
     }
 }

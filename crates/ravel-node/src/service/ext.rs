@@ -9,9 +9,10 @@ use ravel_consensus::types::NodeId;
 use ravel_consensus::{Command, CommandResult};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
 use ravel_proto::ext::{
-    Applied, BackupPage, BackupRequest, FenceRequest, FenceResponse, KeyValue,
-    ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
+    Applied, AppliedBatch, BackupPage, BackupRequest, FenceRequest, FenceResponse, KeyValue,
+    KeyValueBatch, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
 };
+use ravel_proto::limits::{MOVE_BATCH_BYTES, MOVE_BATCH_ENTRIES};
 use ravel_transport::session::RequestId;
 use tonic::{Request, Response, Status};
 
@@ -116,6 +117,32 @@ impl RavelNodeExt for NodeService {
                 value: kv.value,
             },
         )
+        .await
+    }
+
+    async fn set_if_absent_batch(
+        &self,
+        request: Request<KeyValueBatch>,
+    ) -> Result<Response<AppliedBatch>, Status> {
+        let (id, _ticket) = self.state.request_id(&request)?;
+        let epoch = self.state.ring_epoch(&request)?;
+        let entries = request.into_inner().entries;
+        conditional_batch(&self.state, id, epoch, entries, |key, value| {
+            Command::SetIfAbsent { key, value }
+        })
+        .await
+    }
+
+    async fn delete_if_equal_batch(
+        &self,
+        request: Request<KeyValueBatch>,
+    ) -> Result<Response<AppliedBatch>, Status> {
+        let (id, _ticket) = self.state.request_id(&request)?;
+        let epoch = self.state.ring_epoch(&request)?;
+        let entries = request.into_inner().entries;
+        conditional_batch(&self.state, id, epoch, entries, |key, value| {
+            Command::DeleteIfEqual { key, value }
+        })
         .await
     }
 
@@ -253,6 +280,64 @@ async fn conditional(
         CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),
     }
+}
+
+/// `SetIfAbsentBatch` / `DeleteIfEqualBatch`: every entry validated, then
+/// all of them replicated as one command of one request (one log entry,
+/// one fence check, applied at most once), one result per entry.
+async fn conditional_batch(
+    s: &NodeState,
+    id: RequestId,
+    epoch: Option<u64>,
+    entries: Vec<KeyValue>,
+    command: fn(Vec<u8>, Vec<u8>) -> Command,
+) -> Result<Response<AppliedBatch>, Status> {
+    if s.faults.lacks_move_batches(s.id) {
+        return Err(Status::unimplemented("move batches (fault injected)"));
+    }
+    check_batch(s, &entries)?;
+    let n = entries.len();
+    let cmd = Command::Batch(
+        entries
+            .into_iter()
+            .map(|kv| command(kv.key, kv.value))
+            .collect(),
+    );
+    match leader_write(s, id, epoch, cmd).await? {
+        CommandResult::Batch(results) if results.len() == n => results
+            .into_iter()
+            .map(|r| match r {
+                CommandResult::Applied(applied) => Ok(applied),
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(|applied| Response::new(AppliedBatch { applied })),
+        other => Err(Status::internal(format!("unexpected result {other:?}"))),
+    }
+}
+
+/// A move batch's bounds (see `ravel_proto::limits::MOVE_BATCH_BYTES`)
+/// and each entry's.
+fn check_batch(s: &NodeState, entries: &[KeyValue]) -> Result<(), Status> {
+    if entries.is_empty() {
+        return Err(Status::invalid_argument("a batch must hold at least one entry"));
+    }
+    if entries.len() > MOVE_BATCH_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds {} entries; the limit is {MOVE_BATCH_ENTRIES}",
+            entries.len()
+        )));
+    }
+    let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+    if entries.len() > 1 && bytes > MOVE_BATCH_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "a batch of {} entries holds {bytes} bytes of keys and values; the limit is {MOVE_BATCH_BYTES}",
+            entries.len()
+        )));
+    }
+    entries
+        .iter()
+        .try_for_each(|e| s.check_sizes(&e.key, &e.value))
 }
 
 /// A write of the extension service: on the leader only (callers find the

@@ -205,9 +205,11 @@ impl RavelNode for NodeService {
 pub struct ServerLimits {
     /// Requests served at once per connection.
     pub max_in_flight: usize,
-    /// Largest `RavelNode`/`RavelNodeExt` request decoded; larger ones get
+    /// Largest `RavelNode` request decoded; larger ones get
     /// RESOURCE_EXHAUSTED (the admin answers 413).
     pub max_request_bytes: usize,
+    /// The same for `RavelNodeExt`, whose move batches are larger.
+    pub max_ext_request_bytes: usize,
 }
 
 impl ServerLimits {
@@ -215,6 +217,10 @@ impl ServerLimits {
         Self {
             max_in_flight: cfg.limits.max_in_flight_requests,
             max_request_bytes: ravel_proto::limits::max_request_bytes(
+                cfg.limits.max_key_bytes,
+                cfg.limits.max_value_bytes,
+            ),
+            max_ext_request_bytes: ravel_proto::limits::max_ext_request_bytes(
                 cfg.limits.max_key_bytes,
                 cfg.limits.max_value_bytes,
             ),
@@ -264,7 +270,7 @@ pub async fn serve(
         )
         .add_service(
             RavelNodeExtServer::new(service)
-                .max_decoding_message_size(limits.max_request_bytes)
+                .max_decoding_message_size(limits.max_ext_request_bytes)
                 .max_encoding_message_size(max_answer),
         );
     // tonic's own nodelay setting does not reach connections accepted from
