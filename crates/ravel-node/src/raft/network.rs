@@ -377,23 +377,23 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        // RocksDB's estimate of the stored (compressed) data: the deadline
-        // allows for twice as many bytes on the wire.
-        let total = self
-            .snapshot
-            .deadline(snapshot.snapshot.estimated_bytes().saturating_mul(2));
-        let transfer = self.stream_snapshot(vote, snapshot);
+        // RocksDB's estimate of the stored (compressed) data, doubled; the
+        // deadline grows further with the bytes actually sent.
+        let estimate = snapshot.snapshot.estimated_bytes().saturating_mul(2);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = tokio::time::Instant::now();
+        let transfer = self.stream_snapshot(vote, snapshot, sent.clone());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            res = tokio::time::timeout(total, transfer) => match res {
-                Err(_) => Err(StreamingError::Timeout(Timeout {
+            res = transfer => res,
+            allowed = self.snapshot.overdue(start, estimate, &sent) => {
+                Err(StreamingError::Timeout(Timeout {
                     action: RPCTypes::InstallSnapshot,
                     id: self.from,
                     target: self.target,
-                    timeout: total,
-                })),
-                Ok(r) => r,
-            },
+                    timeout: allowed,
+                }))
+            }
         }
     }
 

@@ -1,9 +1,12 @@
 //! Sending a snapshot: its pinned view of the state machine is exported as
 //! a stream while it is sent, in checksummed chunks, with a deadline per
 //! chunk and one for the whole transfer that grows with the snapshot's
-//! size (openraft's per-RPC snapshot timeout is sized for one small chunk
-//! and would wedge large snapshots). No copy of the data is made first.
+//! size and with the bytes sent (openraft's per-RPC snapshot timeout is
+//! sized for one small chunk and would wedge large snapshots). No copy of
+//! the data is made first.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{Fatal, NetworkError, RemoteError, StreamingError, Timeout, Unreachable};
@@ -46,6 +49,33 @@ impl SnapshotTransfer {
     pub fn deadline(&self, bytes: u64) -> Duration {
         self.base_timeout + Duration::from_secs_f64(bytes as f64 / self.min_bytes_per_sec as f64)
     }
+
+    /// Time allowed so far for a transfer of about `estimate` bytes that
+    /// has sent `sent`: the estimate's deadline, extended while the bytes
+    /// sent outgrow it (a view's size is RocksDB's estimate of its
+    /// compressed data; the stream may be larger).
+    pub fn allowance(&self, estimate: u64, sent: u64) -> Duration {
+        self.deadline(estimate.max(sent))
+    }
+
+    /// Resolves, with the time allowed, once a transfer of about
+    /// `estimate` bytes that started at `start` has run past its
+    /// allowance; `sent` counts the bytes accepted so far.
+    pub async fn overdue(
+        &self,
+        start: tokio::time::Instant,
+        estimate: u64,
+        sent: &AtomicU64,
+    ) -> Duration {
+        loop {
+            let allowed = self.allowance(estimate, sent.load(Ordering::Relaxed));
+            let elapsed = start.elapsed();
+            if elapsed >= allowed {
+                return allowed;
+            }
+            tokio::time::sleep(allowed - elapsed).await;
+        }
+    }
 }
 
 impl RaftPeer {
@@ -53,6 +83,7 @@ impl RaftPeer {
         &self,
         vote: Vote,
         snapshot: Snapshot<TypeConfig>,
+        sent: Arc<AtomicU64>,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let fail = |e: TransportError| -> StreamingError<TypeConfig, Fatal<NodeId>> {
             match classify(e) {
@@ -82,6 +113,7 @@ impl RaftPeer {
             target: self.target,
             header: Some(header),
             offset: 0,
+            sent,
             buf: Vec::new(),
         };
         let data = snapshot.snapshot;
@@ -132,6 +164,8 @@ struct ChunkSink {
     /// chunk.
     header: Option<ravel_proto::raft::RaftMessage>,
     offset: u64,
+    /// `offset`, for the whole-transfer deadline.
+    sent: Arc<AtomicU64>,
     buf: Vec<u8>,
 }
 
@@ -164,6 +198,7 @@ impl ChunkSink {
             )),
             Ok(Ok(())) => {
                 self.offset += len;
+                self.sent.store(self.offset, Ordering::Relaxed);
                 Ok(())
             }
         }
@@ -207,5 +242,26 @@ mod tests {
         assert_eq!(t.deadline(0), Duration::from_secs(60));
         // 10 GiB at 1 MiB/s: ten thousand seconds more, not one minute.
         assert_eq!(t.deadline(10 << 30), Duration::from_secs(60 + 10_240));
+        // A stream larger than its estimate (data that compresses well) is
+        // allowed time for what it sent.
+        assert_eq!(t.allowance(1 << 30, 0), Duration::from_secs(60 + 1024));
+        assert_eq!(t.allowance(1 << 30, 4 << 30), Duration::from_secs(60 + 4096));
+    }
+
+    #[tokio::test]
+    async fn a_transfer_is_overdue_only_once_it_falls_behind_the_minimum_rate() {
+        let t = SnapshotTransfer::from_settings(&SnapshotSettings {
+            transfer_timeout_ms: 50,
+            min_transfer_bytes_per_sec: 1000,
+            ..SnapshotSettings::default()
+        });
+        let sent = AtomicU64::new(0);
+        let start = tokio::time::Instant::now();
+        // Nothing sent, nothing estimated: overdue after the base time.
+        assert_eq!(t.overdue(start, 0, &sent).await, Duration::from_millis(50));
+        // 200 bytes sent: 200 ms more, waited for from the same start.
+        sent.store(200, Ordering::Relaxed);
+        assert_eq!(t.overdue(start, 0, &sent).await, Duration::from_millis(250));
+        assert!(start.elapsed() >= Duration::from_millis(250));
     }
 }
