@@ -97,11 +97,13 @@ impl LogStore {
             let bytes = codec::encode(&entry).map_err(write_err)?;
             encoded.push((entry.log_id.index, bytes));
         }
+        let bytes: usize = encoded.iter().map(|(_, e)| e.len()).sum();
         let engine = self.engine.clone();
         let started = std::time::Instant::now();
         let result = blocking(move || engine.append_log(encoded).map_err(write_err)).await;
         if result.is_ok() {
-            self.observer.report(|e| e.log_appended(started.elapsed()));
+            self.observer
+                .report(|e| e.log_appended(bytes as u64, started.elapsed()));
         }
         result
     }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 /// Storage events, as the node's metrics take them.
 pub trait StorageEvents: Send + Sync {
-    /// Entries were appended to the log and synced, taking `took`.
-    fn log_appended(&self, took: Duration);
+    /// Entries of `bytes` (encoded) were appended to the log and synced,
+    /// taking `took`.
+    fn log_appended(&self, bytes: u64, took: Duration);
     /// A snapshot was taken: a consistent point of the state machine,
     /// pinned; nothing is copied.
     fn snapshot_built(&self, took: Duration);

@@ -121,8 +121,10 @@ impl Default for RaftSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotSettings {
-    /// Build a snapshot after this many log entries since the last one.
+    /// Build a snapshot after this many log entries since the last one...
     pub logs_since_last: u64,
+    /// ...or once this many bytes of entries were appended since then.
+    pub log_bytes_since_last: u64,
     /// Entries kept in the log behind the snapshot, so a slightly lagging
     /// follower catches up from the log rather than a snapshot.
     pub keep_logs: u64,
@@ -138,6 +140,7 @@ impl Default for SnapshotSettings {
     fn default() -> Self {
         Self {
             logs_since_last: 10_000,
+            log_bytes_since_last: 64 << 20,
             keep_logs: 1_000,
             chunk_bytes: 1 << 20,
             chunk_timeout_ms: 10_000,
@@ -260,6 +263,9 @@ impl NodeConfig {
         }
         if self.snapshot.logs_since_last == 0 {
             return invalid("snapshot.logs_since_last", "must be > 0");
+        }
+        if self.snapshot.log_bytes_since_last == 0 {
+            return invalid("snapshot.log_bytes_since_last", "must be > 0");
         }
         if self.snapshot.min_transfer_bytes_per_sec == 0 {
             return invalid("snapshot.min_transfer_bytes_per_sec", "must be > 0");
@@ -494,6 +500,7 @@ admin_addr = "127.0.0.1:7000"
             (MINIMAL.replace("127.0.0.1:7000", "nowhere"), "admin_addr"),
             (format!("{MINIMAL}\n[limits]\nmax_value_bytes = 0\n"), "limits.max_value_bytes"),
             (format!("{MINIMAL}\nbogus = 1\n"), "bogus"),
+            (format!("{MINIMAL}\n[snapshot]\nlog_bytes_since_last = 0\n"), "snapshot.log_bytes_since_last"),
             (format!("{MINIMAL}\n[limits]\nmax_key_bytes = \"big\"\n"), "max_key_bytes"),
             (MINIMAL.replace("listen_addr = \"127.0.0.1:7001\"", ""), "listen_addr"),
             (MINIMAL.replace("127.0.0.1:7001", "0.0.0.0:7001"), "advertise_addr"),

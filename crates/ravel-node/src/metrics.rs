@@ -33,6 +33,7 @@ pub struct NodeMetrics {
     proposal_seconds: Histogram,
     read_round_reads: Histogram,
     log_append_seconds: Histogram,
+    log_appended_bytes: IntCounter,
     snapshots: IntCounterVec,
     snapshot_bytes: IntCounterVec,
     snapshot_seconds: HistogramVec,
@@ -64,6 +65,7 @@ impl NodeMetrics {
             proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
             read_round_reads: m::histogram(&r, "ravel_read_index_round_reads", "Linearizable reads served by one read-index round (one leadership confirmation with a quorum).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             log_append_seconds: m::histogram(&r, "ravel_log_append_duration_seconds", "Time to append entries to the Raft log and sync them to disk (one RocksDB write with fsync).", LATENCY_BUCKETS),
+            log_appended_bytes: m::counter(&r, "ravel_log_appended_bytes_total", "Bytes of Raft log entries appended and synced (encoded)."),
             snapshots: m::counter_vec(&r, "ravel_snapshots_total", "Snapshots this replica built (a consistent point of its state machine, pinned; nothing is copied), sent (streamed from such a point to a lagging replica) or installed (received from the leader).", &["event"]),
             snapshot_bytes: m::counter_vec(&r, "ravel_snapshot_bytes_total", "Bytes of the snapshots sent or installed (building copies nothing).", &["event"]),
             snapshot_seconds: m::histogram_vec(&r, "ravel_snapshot_duration_seconds", "Time to build a snapshot (pin a consistent point), send one (export the stream to a peer) or install a received one.", &["event"], &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
@@ -89,11 +91,17 @@ impl NodeMetrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Bytes of log entries appended (`ravel_log_appended_bytes_total`).
+    pub fn log_appended_bytes(&self) -> IntCounter {
+        self.log_appended_bytes.clone()
+    }
+
     /// What the storage layer reports to (holds the metric handles only,
     /// not these metrics: no reference cycle through Raft).
     pub fn storage_events(&self) -> Arc<dyn ravel_consensus::observe::StorageEvents> {
         Arc::new(StorageMetrics {
             log_append_seconds: self.log_append_seconds.clone(),
+            log_appended_bytes: self.log_appended_bytes.clone(),
             snapshots: self.snapshots.clone(),
             snapshot_bytes: self.snapshot_bytes.clone(),
             snapshot_seconds: self.snapshot_seconds.clone(),
@@ -160,6 +168,7 @@ impl Exposition for NodeMetrics {
 /// The storage layer's events, into the node's metrics.
 struct StorageMetrics {
     log_append_seconds: Histogram,
+    log_appended_bytes: IntCounter,
     snapshots: IntCounterVec,
     snapshot_bytes: IntCounterVec,
     snapshot_seconds: HistogramVec,
@@ -178,8 +187,9 @@ impl StorageMetrics {
 }
 
 impl ravel_consensus::observe::StorageEvents for StorageMetrics {
-    fn log_appended(&self, took: Duration) {
+    fn log_appended(&self, bytes: u64, took: Duration) {
         self.log_append_seconds.observe(took.as_secs_f64());
+        self.log_appended_bytes.inc_by(bytes);
     }
 
     fn snapshot_built(&self, took: Duration) {

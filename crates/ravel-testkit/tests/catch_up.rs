@@ -231,3 +231,37 @@ async fn an_entry_slower_than_a_heartbeat_still_replicates() {
     }
     sys.shutdown().await;
 }
+
+/// The log is snapshotted and purged once its entries grow past
+/// `snapshot.log_bytes_since_last`, however few they are: with a count
+/// limit that is never reached, 100 entries of 8 KiB (a 256 KiB limit)
+/// still leave every replica with a snapshot and a purged log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_snapshotted_and_purged_by_size() {
+    let mut settings = TestSettings::default();
+    settings.snapshot.logs_since_last = 1_000_000;
+    settings.snapshot.log_bytes_since_last = 256 << 10;
+    settings.snapshot.keep_logs = 0;
+    let sys = TestSystem::start_with(1, 3, settings).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let value = vec![b'v'; 8 << 10];
+    for k in 0..100 {
+        sys.run(leader, "set", format!("k{k}").as_bytes(), &value)
+            .await
+            .unwrap_or_else(|e| panic!("write k{k}: {e}"));
+    }
+    for i in sys.members(&cluster) {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("node {i} to snapshot and purge its log"),
+            || {
+                let m = sys.nodes[i].node().raft().metrics().borrow().clone();
+                let done = m.snapshot.is_some() && m.purged.is_some();
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
+    }
+    sys.shutdown().await;
+}

@@ -278,6 +278,12 @@ impl Node {
                 },
                 shutdown.clone(),
             )),
+            tokio::spawn(crate::raft::snapshot_trigger::run(
+                raft.clone(),
+                metrics.log_appended_bytes(),
+                cfg.snapshot.log_bytes_since_last,
+                shutdown.clone(),
+            )),
             tokio::spawn(notifier::run(
                 raft.clone(),
                 id,

@@ -8,6 +8,7 @@ mod append;
 pub mod election;
 mod network;
 mod service;
+pub mod snapshot_trigger;
 
 pub use network::{GrpcRaftNetwork, SnapshotTransfer};
 pub use service::RaftService;
