@@ -374,7 +374,10 @@ async fn move_page(
         }
         conditional_batch(admin, Conditional::DeleteIfEqual, from, batch, deadline).await
     });
-    join_all(moves).await.into_iter().try_for_each(|r| r.map(drop))
+    join_all(moves)
+        .await
+        .into_iter()
+        .try_for_each(|r| r.map(drop))
 }
 
 /// `entries` cut, in order, into the largest move batches the nodes take

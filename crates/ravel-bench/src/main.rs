@@ -69,6 +69,10 @@ struct Args {
     /// repeated byte (which compresses to nothing): for measuring space.
     #[arg(long)]
     random_values: bool,
+    /// Do not load the keys before get passes: an earlier run with the
+    /// same `--keys` loaded them.
+    #[arg(long)]
+    no_load: bool,
     /// gRPC connections per target (clients share them round-robin).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -126,7 +130,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|p| parse_point(p))
         .collect::<Result<_, _>>()?;
     let value = vec![b'v'; args.value_bytes];
-    if points.iter().any(|(w, _)| *w == Workload::Get) {
+    if !args.no_load && points.iter().any(|(w, _)| *w == Workload::Get) {
         for (t, _) in &targets {
             eprintln!("loading {} keys into {}", args.keys, t.name());
             t.load(args.keys, &value, 64, args.random_values).await?;

@@ -331,7 +331,14 @@ async fn move_batches_apply_once_in_order_and_refuse_bad_batches() {
     ticket.id().insert(req.metadata_mut());
     let r = ext.set_if_absent_batch(req).await.unwrap().into_inner();
     assert_eq!(r.applied, vec![true, true, false]);
-    assert_eq!(sys.run(leader, "get", b"a", b"").await.unwrap().get_ref().data, b"1");
+    assert_eq!(
+        sys.run(leader, "get", b"a", b"")
+            .await
+            .unwrap()
+            .get_ref()
+            .data,
+        b"1"
+    );
 
     // The same request again (a retry whose first answer was lost) returns
     // the recorded results and changes nothing, even after "a" was removed.
@@ -381,14 +388,24 @@ async fn move_batches_apply_once_in_order_and_refuse_bad_batches() {
     let cases: Vec<(Vec<KeyValue>, &str)> = vec![
         (Vec::new(), "at least one entry"),
         (many, "entries; the limit is"),
-        (vec![kv("f", &half), kv("g", &half)], "bytes of keys and values"),
+        (
+            vec![kv("f", &half), kv("g", &half)],
+            "bytes of keys and values",
+        ),
         (vec![kv("h", b"1"), kv("", b"1")], "key must not be empty"),
-        (vec![kv("i", &vec![0; limits.max_value_bytes + 1])], "value is"),
+        (
+            vec![kv("i", &vec![0; limits.max_value_bytes + 1])],
+            "value is",
+        ),
     ];
     for (entries, reason) in cases {
         let err = ext.set_if_absent_batch(batch(entries)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert!(err.message().contains(reason), "{:?} lacks {reason:?}", err.message());
+        assert!(
+            err.message().contains(reason),
+            "{:?} lacks {reason:?}",
+            err.message()
+        );
     }
     for k in [&b"f"[..], b"g", b"h", b"i", b"m0"] {
         assert_eq!(
@@ -399,13 +416,23 @@ async fn move_batches_apply_once_in_order_and_refuse_bad_batches() {
     // A single entry may exceed the batch's byte bound (up to the value
     // limit).
     let big = vec![b'v'; limits.max_value_bytes];
-    assert!(big.len() + 3 > MOVE_BATCH_BYTES, "the default limits changed");
+    assert!(
+        big.len() + 3 > MOVE_BATCH_BYTES,
+        "the default limits changed"
+    );
     let r = ext
         .set_if_absent_batch(batch(vec![kv("big", &big)]))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.applied, vec![true]);
-    assert_eq!(sys.run(leader, "get", b"big", b"").await.unwrap().get_ref().data, big);
+    assert_eq!(
+        sys.run(leader, "get", b"big", b"")
+            .await
+            .unwrap()
+            .get_ref()
+            .data,
+        big
+    );
     sys.shutdown().await;
 }

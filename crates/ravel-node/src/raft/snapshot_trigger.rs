@@ -41,7 +41,10 @@ pub async fn run(raft: Raft, appended: IntCounter, threshold: u64, shutdown: Can
             // Taken (by count, by us, or installed from the leader).
             (last, since) = (snapshot, now);
         } else if now.saturating_sub(since) >= threshold {
-            tracing::debug!(bytes = now - since, "log grew past its size limit; taking a snapshot");
+            tracing::debug!(
+                bytes = now - since,
+                "log grew past its size limit; taking a snapshot"
+            );
             if let Err(e) = raft.trigger().snapshot().await {
                 tracing::warn!(error = %e, "cannot trigger a snapshot");
                 return;

@@ -320,7 +320,9 @@ async fn conditional_batch(
 /// and each entry's.
 fn check_batch(s: &NodeState, entries: &[KeyValue]) -> Result<(), Status> {
     if entries.is_empty() {
-        return Err(Status::invalid_argument("a batch must hold at least one entry"));
+        return Err(Status::invalid_argument(
+            "a batch must hold at least one entry",
+        ));
     }
     if entries.len() > MOVE_BATCH_ENTRIES {
         return Err(Status::invalid_argument(format!(

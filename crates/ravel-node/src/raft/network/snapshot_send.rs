@@ -245,7 +245,10 @@ mod tests {
         // A stream larger than its estimate (data that compresses well) is
         // allowed time for what it sent.
         assert_eq!(t.allowance(1 << 30, 0), Duration::from_secs(60 + 1024));
-        assert_eq!(t.allowance(1 << 30, 4 << 30), Duration::from_secs(60 + 4096));
+        assert_eq!(
+            t.allowance(1 << 30, 4 << 30),
+            Duration::from_secs(60 + 4096)
+        );
     }
 
     #[tokio::test]
