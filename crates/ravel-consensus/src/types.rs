@@ -38,21 +38,42 @@ pub type RaftMetrics = openraft::RaftMetrics<NodeId, BasicNode>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// key := value.
-    Set { key: Vec<u8>, value: Vec<u8> },
+    Set {
+        #[serde(with = "crate::codec::bytes")]
+        key: Vec<u8>,
+        #[serde(with = "crate::codec::bytes")]
+        value: Vec<u8>,
+    },
     /// Remove key (a no-op if absent).
-    Delete { key: Vec<u8> },
+    Delete {
+        #[serde(with = "crate::codec::bytes")]
+        key: Vec<u8>,
+    },
     /// Return the value of key and remove it, atomically.
-    GetAndDelete { key: Vec<u8> },
+    GetAndDelete {
+        #[serde(with = "crate::codec::bytes")]
+        key: Vec<u8>,
+    },
     /// Several commands in one log entry, applied in order; each gets its own
     /// result. The write batcher builds these so that concurrent clients
     /// share one fsync.
     Batch(Vec<Command>),
     /// key := value only if the key is absent (relocation copies with it,
     /// so a newer write on the destination is never overwritten).
-    SetIfAbsent { key: Vec<u8>, value: Vec<u8> },
+    SetIfAbsent {
+        #[serde(with = "crate::codec::bytes")]
+        key: Vec<u8>,
+        #[serde(with = "crate::codec::bytes")]
+        value: Vec<u8>,
+    },
     /// Remove key only if it holds exactly `value` (relocation removes the
     /// source copy with it).
-    DeleteIfEqual { key: Vec<u8>, value: Vec<u8> },
+    DeleteIfEqual {
+        #[serde(with = "crate::codec::bytes")]
+        key: Vec<u8>,
+        #[serde(with = "crate::codec::bytes")]
+        value: Vec<u8>,
+    },
     /// `cmd` as request `id` of a client session, proposed at `at_ms` (the
     /// leader's clock, milliseconds since the Unix epoch): applied at most
     /// once however often it reaches the log (`crate::sessions`).
@@ -89,7 +110,7 @@ pub enum CommandResult {
     /// entries).
     Done,
     /// The value removed by `GetAndDelete`, `None` if the key was absent.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "crate::codec::option_bytes")] Option<Vec<u8>>),
     /// One result per command of a `Batch`, in order.
     Batch(Vec<CommandResult>),
     /// Whether a conditional command took effect.
