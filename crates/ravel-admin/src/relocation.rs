@@ -32,10 +32,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use ravel_proto::ext::ravel_node_ext_client::RavelNodeExtClient;
 use ravel_proto::ext::{FenceRequest, KeyValue, KeyValueBatch, ListPartitionsRequest};
 use ravel_proto::limits::{MOVE_BATCH_BYTES, MOVE_BATCH_ENTRIES};
 use ravel_transport::retry::Attempts;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use crate::kv::TOMBSTONE;
 use crate::registry::{PartitionMove, RegistryError, RelocationProgress, Sweep};
@@ -411,28 +413,23 @@ async fn conditional_batch(
     batch: &[KeyValue],
     deadline: Instant,
 ) -> Result<Vec<bool>, String> {
-    let ticket = admin.session.begin();
-    // Never below a fence the mover set: the generation only grows.
-    let epoch = admin.registry.snapshot().ring.generation;
-    let answer = admin
-        .router
-        .call(cluster, deadline, |ch, remaining| {
-            let mut req = tonic::Request::new(KeyValueBatch {
-                entries: batch.to_vec(),
-            });
-            req.set_timeout(remaining);
-            ticket.id().insert(req.metadata_mut());
-            ravel_proto::metadata::insert_ring_epoch(req.metadata_mut(), epoch);
-            async move {
-                let mut client = Router::ext(ch);
-                let answer = match op {
-                    Conditional::SetIfAbsent => client.set_if_absent_batch(req).await,
-                    Conditional::DeleteIfEqual => client.delete_if_equal_batch(req).await,
-                };
-                answer.map(|r| r.into_inner().applied)
-            }
-        })
-        .await;
+    let message = || KeyValueBatch {
+        entries: batch.to_vec(),
+    };
+    let answer = mover_write(
+        admin,
+        cluster,
+        deadline,
+        message,
+        |mut client, req| async move {
+            let answer = match op {
+                Conditional::SetIfAbsent => client.set_if_absent_batch(req).await,
+                Conditional::DeleteIfEqual => client.delete_if_equal_batch(req).await,
+            };
+            answer.map(|r| r.into_inner().applied)
+        },
+    )
+    .await;
     match answer {
         Ok(applied) if applied.len() == batch.len() => Ok(applied),
         Ok(applied) => Err(format!(
@@ -441,7 +438,6 @@ async fn conditional_batch(
             batch.len()
         )),
         Err(CallError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
-            drop(ticket);
             let each = batch
                 .iter()
                 .map(|e| conditional(admin, op, cluster, e, deadline));
@@ -451,8 +447,7 @@ async fn conditional_batch(
     }
 }
 
-/// Runs `op` with entry `e` on `cluster`'s leader; whether it applied. One
-/// request id for every attempt, so a retry takes effect once.
+/// Runs `op` with entry `e` on `cluster`'s leader; whether it applied.
 async fn conditional(
     admin: &AdminState,
     op: Conditional,
@@ -460,27 +455,49 @@ async fn conditional(
     e: &KeyValue,
     deadline: Instant,
 ) -> Result<bool, String> {
+    mover_write(
+        admin,
+        cluster,
+        deadline,
+        || e.clone(),
+        |mut client, req| async move {
+            let answer = match op {
+                Conditional::SetIfAbsent => client.set_if_absent(req).await,
+                Conditional::DeleteIfEqual => client.delete_if_equal(req).await,
+            };
+            answer.map(|r| r.into_inner().applied)
+        },
+    )
+    .await
+    .map_err(step_err)
+}
+
+/// Sends one of the mover's writes (`message()`) to `cluster`'s leader
+/// with `send`, until it answers or `deadline`: one request id for every
+/// attempt, so a retry takes effect once, routed by the current ring
+/// generation (never below a fence the mover set: it only grows).
+async fn mover_write<M, T, Fut>(
+    admin: &AdminState,
+    cluster: &str,
+    deadline: Instant,
+    message: impl Fn() -> M,
+    send: impl Fn(RavelNodeExtClient<Channel>, tonic::Request<M>) -> Fut,
+) -> Result<T, CallError>
+where
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let ticket = admin.session.begin();
-    // Never below a fence the mover set: the generation only grows.
     let epoch = admin.registry.snapshot().ring.generation;
     admin
         .router
         .call(cluster, deadline, |ch, remaining| {
-            let mut req = tonic::Request::new(e.clone());
+            let mut req = tonic::Request::new(message());
             req.set_timeout(remaining);
             ticket.id().insert(req.metadata_mut());
             ravel_proto::metadata::insert_ring_epoch(req.metadata_mut(), epoch);
-            async move {
-                let mut client = Router::ext(ch);
-                let answer = match op {
-                    Conditional::SetIfAbsent => client.set_if_absent(req).await,
-                    Conditional::DeleteIfEqual => client.delete_if_equal(req).await,
-                };
-                answer.map(|r| r.into_inner().applied)
-            }
+            send(Router::ext(ch), req)
         })
         .await
-        .map_err(step_err)
 }
 
 async fn remove_tombstones(

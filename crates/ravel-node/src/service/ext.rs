@@ -124,11 +124,9 @@ impl RavelNodeExt for NodeService {
         &self,
         request: Request<KeyValueBatch>,
     ) -> Result<Response<AppliedBatch>, Status> {
-        let (id, _ticket) = self.state.request_id(&request)?;
-        let epoch = self.state.ring_epoch(&request)?;
-        let entries = request.into_inner().entries;
-        conditional_batch(&self.state, id, epoch, entries, |key, value| {
-            Command::SetIfAbsent { key, value }
+        conditional_batch(&self.state, request, |key, value| Command::SetIfAbsent {
+            key,
+            value,
         })
         .await
     }
@@ -137,11 +135,9 @@ impl RavelNodeExt for NodeService {
         &self,
         request: Request<KeyValueBatch>,
     ) -> Result<Response<AppliedBatch>, Status> {
-        let (id, _ticket) = self.state.request_id(&request)?;
-        let epoch = self.state.ring_epoch(&request)?;
-        let entries = request.into_inner().entries;
-        conditional_batch(&self.state, id, epoch, entries, |key, value| {
-            Command::DeleteIfEqual { key, value }
+        conditional_batch(&self.state, request, |key, value| Command::DeleteIfEqual {
+            key,
+            value,
         })
         .await
     }
@@ -287,14 +283,15 @@ async fn conditional(
 /// one fence check, applied at most once), one result per entry.
 async fn conditional_batch(
     s: &NodeState,
-    id: RequestId,
-    epoch: Option<u64>,
-    entries: Vec<KeyValue>,
+    request: Request<KeyValueBatch>,
     command: fn(Vec<u8>, Vec<u8>) -> Command,
 ) -> Result<Response<AppliedBatch>, Status> {
     if s.faults.lacks_move_batches(s.id) {
         return Err(Status::unimplemented("move batches (fault injected)"));
     }
+    let (id, _ticket) = s.request_id(&request)?;
+    let epoch = s.ring_epoch(&request)?;
+    let entries = request.into_inner().entries;
     check_batch(s, &entries)?;
     let n = entries.len();
     let cmd = Command::Batch(
