@@ -27,6 +27,7 @@
 //!    remove its tombstones, then drop the sweep from the registry. A
 //!    relocation finishes only once every sweep is done.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -366,11 +367,19 @@ async fn move_page(
         let deadline = Instant::now() + STEP_TIMEOUT;
         // A tombstone on the source is a leftover of an older admin
         // (sweeps are persisted now): it means "absent"; drop it.
-        let copies: Vec<KeyValue> = batch
-            .iter()
-            .filter(|e| e.value != TOMBSTONE)
-            .cloned()
-            .collect();
+        // Copied only when there is one to drop (the request copies the
+        // batch anyway).
+        let copies: Cow<[KeyValue]> = if batch.iter().any(|e| e.value == TOMBSTONE) {
+            Cow::Owned(
+                batch
+                    .iter()
+                    .filter(|e| e.value != TOMBSTONE)
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(batch)
+        };
         if !copies.is_empty() {
             conditional_batch(admin, Conditional::SetIfAbsent, to, &copies, deadline).await?;
         }
