@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use ravel_storage::{ApplyBatch, Engine};
 
 use crate::sessions::Sessions;
-use crate::types::{Command, CommandResult, RaftStorageError};
+use crate::types::{value_digest, Command, CommandResult, RaftStorageError};
 
 /// One `apply` call's view of the state machine: the database, the batch
 /// being filled, and what the batch has written so far.
@@ -132,6 +132,15 @@ impl<'a> Applier<'a> {
             }
             Command::DeleteIfEqual { key, value } => {
                 let equal = self.get(&key)?.as_deref() == Some(value.as_slice());
+                if equal {
+                    self.delete(key);
+                }
+                CommandResult::Applied(equal)
+            }
+            Command::DeleteIfDigest { key, digest } => {
+                let equal = self
+                    .get(&key)?
+                    .is_some_and(|current| value_digest(&current) == digest);
                 if equal {
                     self.delete(key);
                 }

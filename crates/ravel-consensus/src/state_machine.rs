@@ -259,18 +259,25 @@ mod tests {
         }
     }
 
+    /// Both forms of the conditional delete: by value (earlier versions'
+    /// logs) and by digest (what nodes propose now).
     #[tokio::test]
     async fn conditional_commands_see_earlier_commands_of_the_same_batch() {
+        let by_value = |v: &[u8]| Command::DeleteIfEqual {
+            key: b"k".to_vec(),
+            value: v.to_vec(),
+        };
+        let by_digest = |v: &[u8]| Command::delete_if_equal(b"k".to_vec(), v);
+        conditional_commands_in_one_batch(by_value).await;
+        conditional_commands_in_one_batch(by_digest).await;
+    }
+
+    async fn conditional_commands_in_one_batch(del: impl Fn(&[u8]) -> Command) {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path().join("db")).unwrap();
         let mut sm = StateMachine::open(engine, dir.path().join("snap"), 1024).unwrap();
-        let k = b"k".to_vec();
         let set = |v: &[u8]| Command::SetIfAbsent {
-            key: k.clone(),
-            value: v.to_vec(),
-        };
-        let del = |v: &[u8]| Command::DeleteIfEqual {
-            key: k.clone(),
+            key: b"k".to_vec(),
             value: v.to_vec(),
         };
         let results = sm
@@ -293,10 +300,10 @@ mod tests {
         );
         assert_eq!(sm.engine().get(b"k").unwrap().as_deref(), Some(&b"c"[..]));
         let r = sm
-            .apply([entry(2, del(b"c")), entry(3, del(b"c"))])
+            .apply([entry(2, del(b"")), entry(3, del(b"c")), entry(4, del(b"c"))])
             .await
             .unwrap();
-        assert_eq!(r, vec![Applied(true), Applied(false)]);
+        assert_eq!(r, vec![Applied(false), Applied(true), Applied(false)]);
         assert_eq!(sm.engine().get(b"k").unwrap(), None);
     }
 

@@ -66,8 +66,9 @@ pub enum Command {
         #[serde(with = "crate::codec::bytes")]
         value: Vec<u8>,
     },
-    /// Remove key only if it holds exactly `value` (relocation removes the
-    /// source copy with it).
+    /// Remove key only if it holds exactly `value`. Written by earlier
+    /// versions (a relocation's source deletes); still applied when read
+    /// from a log or a peer. New deletes are [`Command::DeleteIfDigest`].
     DeleteIfEqual {
         #[serde(with = "crate::codec::bytes")]
         key: Vec<u8>,
@@ -90,6 +91,39 @@ pub enum Command {
     /// Raise the cluster's fence to `epoch` (never lowers it): from this
     /// point of the log on, writes routed by an older ring are refused.
     Fence { epoch: u64 },
+    /// Remove key only if its value's [`value_digest`] is `digest`: what a
+    /// relocation removes the source copy with, so that the source's log
+    /// carries 32 bytes per key rather than the value
+    /// ([`Command::delete_if_equal`] builds it). Appended after every other
+    /// variant: bincode encodes the variant's index.
+    DeleteIfDigest {
+        #[serde(with = "crate::codec::bytes")]
+        key: Vec<u8>,
+        digest: ValueDigest,
+    },
+}
+
+/// SHA-256 of a value. A collision would let a relocation delete a value
+/// written after the copy it compared, so the hash must resist chosen
+/// collisions: a client picks its values.
+pub type ValueDigest = [u8; 32];
+
+/// The [`ValueDigest`] of `value`.
+pub fn value_digest(value: &[u8]) -> ValueDigest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, value).as_ref());
+    out
+}
+
+impl Command {
+    /// Remove `key` only if it holds exactly `value`, replicated as its
+    /// digest ([`Command::DeleteIfDigest`]).
+    pub fn delete_if_equal(key: Vec<u8>, value: &[u8]) -> Command {
+        Command::DeleteIfDigest {
+            key,
+            digest: value_digest(value),
+        }
+    }
 }
 
 /// One request of a client session (see `crate::sessions`).
@@ -320,5 +354,23 @@ impl AsyncSeek for SnapshotData {
             Ok(f) => f.poll_complete(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FIPS 180-2's test vector: the digest is SHA-256, nothing weaker.
+    #[test]
+    fn the_value_digest_is_sha256() {
+        let hex: String = value_digest(b"abc")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

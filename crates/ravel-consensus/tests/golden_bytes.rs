@@ -154,6 +154,20 @@ fn session_and_fencing_commands_and_recorded_results() {
     pin("recorded results", &results, RESULTS);
 }
 
+/// The relocation's delete by digest (added after the session and fencing
+/// commands): the key, then the 32 bytes of SHA-256 of the value, no length.
+#[test]
+fn delete_if_digest_command() {
+    let entry = Entry {
+        log_id: log_id(7, 48),
+        payload: EntryPayload::Normal(Command::delete_if_equal(b"e".to_vec(), b"3")),
+    };
+    pin("delete-if-digest entry", &entry, DELETE_IF_DIGEST_ENTRY);
+}
+
+// SHA-256("3") = 4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce.
+const DELETE_IF_DIGEST_ENTRY: &str =
+    "0107000000000000000100000000000000300000000000000001000000090000000100000000000000654e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce";
 const ONCE_FENCED_ENTRY: &str =
     "01060000000000000001000000000000002e00000000000000010000000600000088776655443322110900000000000000070000000000000000e897b69a01000007000000050000000000000001000000010000000000000066";
 const FENCE_ENTRY: &str =

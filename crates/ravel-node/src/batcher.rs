@@ -82,6 +82,7 @@ fn command_bytes(cmd: &Command) -> usize {
         | Command::SetIfAbsent { key, value }
         | Command::DeleteIfEqual { key, value } => key.len() + value.len(),
         Command::Delete { key } | Command::GetAndDelete { key } => key.len(),
+        Command::DeleteIfDigest { key, digest } => key.len() + digest.len(),
         Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
         Command::Once { cmd, .. } | Command::Fenced { cmd, .. } => command_bytes(cmd),
         Command::Fence { .. } => 8,

@@ -89,6 +89,7 @@ impl RavelNodeExt for NodeService {
         let (id, _ticket) = self.state.request_id(&request)?;
         let epoch = self.state.ring_epoch(&request)?;
         let kv = request.into_inner();
+        self.state.check_sizes(&kv.key, &kv.value)?;
         conditional(
             &self.state,
             id,
@@ -108,14 +109,12 @@ impl RavelNodeExt for NodeService {
         let (id, _ticket) = self.state.request_id(&request)?;
         let epoch = self.state.ring_epoch(&request)?;
         let kv = request.into_inner();
+        self.state.check_sizes(&kv.key, &kv.value)?;
         conditional(
             &self.state,
             id,
             epoch,
-            Command::DeleteIfEqual {
-                key: kv.key,
-                value: kv.value,
-            },
+            Command::delete_if_equal(kv.key, &kv.value),
         )
         .await
     }
@@ -135,9 +134,8 @@ impl RavelNodeExt for NodeService {
         &self,
         request: Request<KeyValueBatch>,
     ) -> Result<Response<AppliedBatch>, Status> {
-        conditional_batch(&self.state, request, |key, value| Command::DeleteIfEqual {
-            key,
-            value,
+        conditional_batch(&self.state, request, |key, value| {
+            Command::delete_if_equal(key, &value)
         })
         .await
     }
@@ -262,16 +260,14 @@ async fn list_partitions(
     })
 }
 
-/// `SetIfAbsent` / `DeleteIfEqual`: validated, replicated, applied.
+/// `SetIfAbsent` / `DeleteIfEqual` (its key and value checked by the
+/// caller): replicated, applied.
 async fn conditional(
     s: &NodeState,
     id: RequestId,
     epoch: Option<u64>,
     cmd: Command,
 ) -> Result<Response<Applied>, Status> {
-    if let Command::SetIfAbsent { key, value } | Command::DeleteIfEqual { key, value } = &cmd {
-        s.check_sizes(key, value)?;
-    }
     match leader_write(s, id, epoch, cmd).await? {
         CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),
