@@ -28,7 +28,7 @@ pub mod types;
 use std::path::{Path, PathBuf};
 
 pub use log_store::{LogStore, DEFAULT_MAX_APPEND_BYTES};
-pub use ravel_storage::{Engine, StorageError};
+pub use ravel_storage::{Engine, MemoryBudget, StorageError};
 pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
 pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotData, TypeConfig};
 
@@ -57,9 +57,19 @@ impl DataDir {
         self.root.join("snapshots")
     }
 
-    /// Opens (creating on first use) the log store and state machine.
+    /// Opens (creating on first use) the log store and state machine, with
+    /// RocksDB's default memory budget.
     pub fn open(&self, chunk_bytes: usize) -> Result<(LogStore, StateMachine), StorageError> {
-        let engine = Engine::open(self.db())?;
+        self.open_with(chunk_bytes, MemoryBudget::default())
+    }
+
+    /// [`DataDir::open`] within `budget`.
+    pub fn open_with(
+        &self,
+        chunk_bytes: usize,
+        budget: MemoryBudget,
+    ) -> Result<(LogStore, StateMachine), StorageError> {
+        let engine = Engine::open_with(self.db(), budget)?;
         let sm = StateMachine::open(engine.clone(), self.snapshots(), chunk_bytes).map_err(
             |source| StorageError::Io {
                 path: self.snapshots(),

@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub snapshot: SnapshotSettings,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub storage: StorageSettings,
     /// `text` or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -146,6 +148,37 @@ impl Default for SnapshotSettings {
             chunk_timeout_ms: 10_000,
             transfer_timeout_ms: 600_000,
             min_transfer_bytes_per_sec: 1 << 20,
+        }
+    }
+}
+
+/// RocksDB's memory: what a replica holds beyond a few MiB of its own
+/// (`ravel_storage::MemoryBudget`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Memtables of all column families together, in MiB.
+    pub memtable_mib: usize,
+    /// The block cache all column families share (index and filter blocks
+    /// included), in MiB.
+    pub block_cache_mib: usize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        let d = ravel_consensus::MemoryBudget::default();
+        Self {
+            memtable_mib: d.memtables >> 20,
+            block_cache_mib: d.block_cache >> 20,
+        }
+    }
+}
+
+impl StorageSettings {
+    pub fn budget(&self) -> ravel_consensus::MemoryBudget {
+        ravel_consensus::MemoryBudget {
+            memtables: self.memtable_mib << 20,
+            block_cache: self.block_cache_mib << 20,
         }
     }
 }
@@ -273,6 +306,19 @@ impl NodeConfig {
         if self.snapshot.chunk_bytes == 0 || self.snapshot.chunk_bytes > 16 << 20 {
             return invalid("snapshot.chunk_bytes", "must be between 1 byte and 16 MiB");
         }
+        let st = &self.storage;
+        if !(4..=65_536).contains(&st.memtable_mib) {
+            return invalid(
+                "storage.memtable_mib",
+                "must be between 4 and 65536 (MiB): a replica's log entries pass through it",
+            );
+        }
+        if !(1..=1_048_576).contains(&st.block_cache_mib) {
+            return invalid(
+                "storage.block_cache_mib",
+                "must be between 1 and 1048576 (MiB)",
+            );
+        }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > ravel_proto::limits::MAX_KEY_BYTES {
             return invalid("limits.max_key_bytes", "must be between 1 byte and 64 KiB");
@@ -399,6 +445,7 @@ const ENV_KEYS: &[&str] = &[
     "raft",
     "snapshot",
     "limits",
+    "storage",
 ];
 
 impl Limits {
@@ -442,6 +489,32 @@ admin_addr = "127.0.0.1:7000"
         let cfg = NodeConfig::load(Some(&p), &o).unwrap();
         assert_eq!(cfg.listen_addr, "127.0.0.1:9999");
         assert!(cfg.found_cluster);
+    }
+
+    #[test]
+    fn storage_budget_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            &format!("{MINIMAL}\n[storage]\nmemtable_mib = 16\nblock_cache_mib = 8\n"),
+        );
+        let cfg = NodeConfig::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(
+            cfg.storage.budget(),
+            ravel_consensus::MemoryBudget {
+                memtables: 16 << 20,
+                block_cache: 8 << 20
+            }
+        );
+        let p = write(&dir, &format!("{MINIMAL}\n[storage]\nmemtable_mib = 0\n"));
+        let e = NodeConfig::load(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("storage.memtable_mib"), "{e}");
+        let p = write(
+            &dir,
+            &format!("{MINIMAL}\n[storage]\nblock_cache_mib = 0\n"),
+        );
+        let e = NodeConfig::load(Some(&p), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("storage.block_cache_mib"), "{e}");
     }
 
     #[test]

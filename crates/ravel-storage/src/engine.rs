@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
     WriteBatch, WriteOptions, DB,
 };
 
@@ -34,6 +34,33 @@ pub struct Engine {
 struct Inner {
     db: DB,
     path: PathBuf,
+    /// The block cache every column family shares (index and filter
+    /// blocks included).
+    cache: Cache,
+}
+
+/// What a replica's RocksDB may hold in memory, beyond a few MiB of
+/// bookkeeping: memtables of all column families together, plus one block
+/// cache that every column family shares, with the index and filter blocks
+/// of the files in it (not held apart per open file). The bound does not
+/// grow with the data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Memtables of all column families together; RocksDB flushes the
+    /// largest when the sum reaches it.
+    pub memtables: usize,
+    /// The shared block cache (uncompressed blocks, index and filter
+    /// blocks).
+    pub block_cache: usize,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget {
+            memtables: MEMTABLE_BUDGET,
+            block_cache: BLOCK_CACHE,
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -54,7 +81,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn db_options(create: bool) -> Options {
+fn db_options(create: bool, budget: &MemoryBudget) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(create);
     opts.create_missing_column_families(create);
@@ -73,11 +100,14 @@ fn db_options(create: bool) -> Options {
     // flushes the largest when the sum reaches it. Without it each of the
     // four families may hold two 64 MiB memtables, and a replica's memory
     // grows with the write rate (the log and the data families both fill).
-    opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+    opts.set_db_write_buffer_size(budget.memtables);
     opts
 }
 
-/// A column family's options: the database's, and
+/// A column family's options: the database's, the shared block `cache`
+/// (without one, RocksDB gives every column family a 32 MiB cache of its
+/// own, and keeps each open file's index and filter blocks outside any
+/// cache, so memory grows with the data), and
 /// - `data`: a Bloom filter (10 bits a key, about 1% false positives), so
 ///   a read of an absent key (a relocation's `SetIfAbsent` on the
 ///   destination; a read of a moving partition, which asks its new owner
@@ -85,38 +115,51 @@ fn db_options(create: bool) -> Options {
 /// - `raft_log`: no compression. Entries are written once, rarely read
 ///   back and soon purged: compressing them when their memtable is flushed
 ///   spends CPU on data about to be deleted.
-fn cf_options(name: &str, create: bool) -> Options {
-    let mut opts = db_options(create);
+fn cf_options(name: &str, create: bool, budget: &MemoryBudget, cache: &Cache) -> Options {
+    let mut opts = db_options(create, budget);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index and filter blocks in the cache (RocksDB gives them high
+    // priority there), and those of L0 files (the most read) kept there.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     match name {
-        CF_DATA => {
-            let mut table = BlockBasedOptions::default();
-            table.set_bloom_filter(10.0, false);
-            opts.set_block_based_table_factory(&table);
-        }
+        CF_DATA => table.set_bloom_filter(10.0, false),
         CF_LOG => opts.set_compression_type(DBCompressionType::None),
         _ => {}
     }
+    opts.set_block_based_table_factory(&table);
     opts
 }
 
-/// Memtables of all column families together, at most.
+/// Memtables of all column families together, at most (the default).
 pub const MEMTABLE_BUDGET: usize = 64 << 20;
+/// The shared block cache (the default).
+pub const BLOCK_CACHE: usize = 32 << 20;
 
 impl Engine {
     /// Opens the data directory at `path`, creating and initialising it when
     /// it does not exist yet (or is an empty directory).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, MemoryBudget::default())
+    }
+
+    /// [`Engine::open`] within a memory budget.
+    pub fn open_with(path: impl AsRef<Path>, budget: MemoryBudget) -> Result<Self> {
         let path = path.as_ref();
         if !is_initialised(path) {
             ensure_empty_or_absent(path)?;
             Self::create(path)?;
         }
-        Self::open_existing(path)
+        Self::open_existing_with(path, budget)
     }
 
     /// Opens a data directory that must already hold a Ravel database.
     pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        Self::open_existing_with(path.as_ref(), MemoryBudget::default())
+    }
+
+    fn open_existing_with(path: &Path, budget: MemoryBudget) -> Result<Self> {
         if !path.exists() {
             return Err(StorageError::Missing {
                 path: path.to_path_buf(),
@@ -128,10 +171,11 @@ impl Engine {
                 detail: "no RocksDB CURRENT file".into(),
             });
         }
-        let cfs = ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, false)));
-        let db = DB::open_cf_descriptors(&db_options(false), path, cfs).map_err(|e| {
+        let cache = Cache::new_lru_cache(budget.block_cache);
+        let cfs = ALL_CFS.iter().map(|name| {
+            ColumnFamilyDescriptor::new(*name, cf_options(name, false, &budget, &cache))
+        });
+        let db = DB::open_cf_descriptors(&db_options(false, &budget), path, cfs).map_err(|e| {
             let text = e.to_string();
             if e.kind() == rocksdb::ErrorKind::InvalidArgument && text.contains("olumn famil") {
                 StorageError::NotRavel {
@@ -146,6 +190,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
+                cache,
             }),
         };
         match engine.get_cf(CF_RAFT_META, FORMAT_KEY)? {
@@ -190,10 +235,16 @@ impl Engine {
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         {
-            let cfs = ALL_CFS
-                .iter()
-                .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, true)));
-            let db = DB::open_cf_descriptors(&db_options(true), &tmp, cfs)
+            // Only the initial records are written: the smallest budget.
+            let budget = MemoryBudget {
+                memtables: 1 << 20,
+                block_cache: 1 << 20,
+            };
+            let cache = Cache::new_lru_cache(budget.block_cache);
+            let cfs = ALL_CFS.iter().map(|name| {
+                ColumnFamilyDescriptor::new(*name, cf_options(name, true, &budget, &cache))
+            });
+            let db = DB::open_cf_descriptors(&db_options(true, &budget), &tmp, cfs)
                 .map_err(|e| StorageError::from_rocks(&tmp, e))?;
             #[cfg(test)]
             if tests::CRASH_AFTER_CREATE.with(|c| c.get()) {
@@ -230,6 +281,12 @@ impl Engine {
     /// The directory this engine lives in.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Bytes held by the shared block cache now (at most
+    /// [`MemoryBudget::block_cache`]).
+    pub fn block_cache_usage(&self) -> usize {
+        self.inner.cache.get_usage()
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -322,6 +379,42 @@ fn ensure_empty_or_absent(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every column family reads through the one block cache of the
+    /// budget, and it stays within it however much is read: with a cache
+    /// per family (RocksDB's default), this one would stay empty.
+    #[test]
+    fn reads_go_through_one_bounded_block_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget {
+            memtables: 1 << 20,
+            block_cache: 1 << 20,
+        };
+        let engine = Engine::open_with(dir.path().join("db"), budget).unwrap();
+        let value = |i: u32| -> Vec<u8> {
+            (0..1024u32)
+                .map(|j| (i.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)) as u8)
+                .collect()
+        };
+        for chunk in 0..8u32 {
+            let mut batch = engine.apply_batch();
+            for i in chunk * 1024..(chunk + 1) * 1024 {
+                batch.put(&i.to_be_bytes(), &value(i));
+            }
+            batch.commit().unwrap();
+        }
+        engine.db().flush_cf(engine.cf(CF_DATA)).unwrap();
+        for i in 0..8 * 1024u32 {
+            assert_eq!(engine.get(&i.to_be_bytes()).unwrap(), Some(value(i)));
+        }
+        let used = engine.block_cache_usage();
+        assert!(used > 0, "the reads did not use the shared cache");
+        assert!(
+            used <= budget.block_cache + (64 << 10),
+            "{used} bytes cached, over the {} byte budget",
+            budget.block_cache
+        );
+    }
 
     thread_local! {
         /// Makes `create` fail between creating the database and writing its

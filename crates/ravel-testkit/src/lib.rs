@@ -238,6 +238,7 @@ impl TestSystem {
             raft: self.settings.raft.clone(),
             snapshot: self.settings.snapshot.clone(),
             limits: self.settings.limits.clone(),
+            storage: Default::default(),
             log_format: Default::default(),
             source_ip: None,
             // Every test node serves metrics (on a port of its own).

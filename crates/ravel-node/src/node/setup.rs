@@ -132,7 +132,8 @@ pub(super) fn open_data_dir(dir: &Path, cfg: &NodeConfig) -> Result<OpenedDir, N
         reason: e.to_string(),
     })?;
     let pid_lock = identity::lock_pid(dir)?;
-    let (log_store, state_machine) = DataDir::new(dir).open(cfg.snapshot.chunk_bytes)?;
+    let (log_store, state_machine) =
+        DataDir::new(dir).open_with(cfg.snapshot.chunk_bytes, cfg.storage.budget())?;
     let log_store = log_store.with_max_append_bytes(cfg.raft.max_append_bytes);
     Ok(OpenedDir {
         pid_lock,
