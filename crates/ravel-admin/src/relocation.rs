@@ -205,6 +205,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             })
             .await
             .map_err(|e| e.to_string())?;
+        admin.holds.point("mover.after_page").await;
         match next {
             None => break,
             Some(next) => listing = next?,

@@ -290,17 +290,12 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
     wait_relocations(&sys, 1).await;
     const N: usize = 4000;
     let mut model = preload(&sys, N).await;
+    // Stop the admin once some, but not all, keys have moved: held after
+    // the first page's cursor is persisted, before the move ends (a kill
+    // timed by polling could land after it, and test nothing).
+    sys.admin().holds().arm("mover.after_page");
     sys.add_node(true).await;
-    // Stop the admin once some, but not all, keys have moved.
-    wait_for(
-        Duration::from_secs(30),
-        "the relocation to be under way",
-        || {
-            let r = sys.admin().registry().snapshot().ring.relocation.clone();
-            async move { r.filter(|r| r.moved_keys > 0).map(|_| ()) }
-        },
-    )
-    .await;
+    sys.admin().holds().reached("mover.after_page").await;
     sys.stop_admin().await;
     let on_disk = ravel_admin::registry::Registry::open(&sys.root().join("admin"))
         .unwrap()
@@ -317,6 +312,7 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
         r.moved_keys
     );
     assert!(!r.pending.is_empty());
+    assert!(!r.cursors.is_empty(), "no cursor persisted to resume from");
 
     sys.restart_admin().await;
     // Writes during the resumed move.
