@@ -86,19 +86,10 @@ impl RavelNodeExt for NodeService {
     }
 
     async fn set_if_absent(&self, request: Request<KeyValue>) -> Result<Response<Applied>, Status> {
-        let (id, _ticket) = self.state.request_id(&request)?;
-        let epoch = self.state.ring_epoch(&request)?;
-        let kv = request.into_inner();
-        self.state.check_sizes(&kv.key, &kv.value)?;
-        conditional(
-            &self.state,
-            id,
-            epoch,
-            Command::SetIfAbsent {
-                key: kv.key,
-                value: kv.value,
-            },
-        )
+        conditional(&self.state, request, |key, value| Command::SetIfAbsent {
+            key,
+            value,
+        })
         .await
     }
 
@@ -106,16 +97,9 @@ impl RavelNodeExt for NodeService {
         &self,
         request: Request<KeyValue>,
     ) -> Result<Response<Applied>, Status> {
-        let (id, _ticket) = self.state.request_id(&request)?;
-        let epoch = self.state.ring_epoch(&request)?;
-        let kv = request.into_inner();
-        self.state.check_sizes(&kv.key, &kv.value)?;
-        conditional(
-            &self.state,
-            id,
-            epoch,
-            Command::delete_if_equal(kv.key, &kv.value),
-        )
+        conditional(&self.state, request, |key, value| {
+            Command::delete_if_equal(key, &value)
+        })
         .await
     }
 
@@ -260,14 +244,17 @@ async fn list_partitions(
     })
 }
 
-/// `SetIfAbsent` / `DeleteIfEqual` (its key and value checked by the
-/// caller): replicated, applied.
+/// `SetIfAbsent` / `DeleteIfEqual`: validated, replicated, applied.
 async fn conditional(
     s: &NodeState,
-    id: RequestId,
-    epoch: Option<u64>,
-    cmd: Command,
+    request: Request<KeyValue>,
+    command: fn(Vec<u8>, Vec<u8>) -> Command,
 ) -> Result<Response<Applied>, Status> {
+    let (id, _ticket) = s.request_id(&request)?;
+    let epoch = s.ring_epoch(&request)?;
+    let kv = request.into_inner();
+    s.check_sizes(&kv.key, &kv.value)?;
+    let cmd = command(kv.key, kv.value);
     match leader_write(s, id, epoch, cmd).await? {
         CommandResult::Applied(applied) => Ok(Response::new(Applied { applied })),
         other => Err(Status::internal(format!("unexpected result {other:?}"))),
