@@ -20,6 +20,7 @@ pub mod codec;
 pub mod failpoints;
 mod log_store;
 pub mod observe;
+mod recent;
 pub mod sessions;
 mod snapshot_files;
 mod state_machine;
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use log_store::{LogStore, DEFAULT_MAX_APPEND_BYTES};
 pub use ravel_storage::{Engine, MemoryBudget, StorageError};
+pub use recent::{RecentEntries, DEFAULT_RECENT_ENTRIES_BYTES};
 pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
 pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotData, TypeConfig};
 
@@ -70,14 +72,17 @@ impl DataDir {
         budget: MemoryBudget,
     ) -> Result<(LogStore, StateMachine), StorageError> {
         let engine = Engine::open_with(self.db(), budget)?;
-        let sm = StateMachine::open(engine.clone(), self.snapshots(), chunk_bytes).map_err(
-            |source| StorageError::Io {
+        let recent = RecentEntries::default();
+        let sm = StateMachine::open(engine.clone(), self.snapshots(), chunk_bytes)
+            .map_err(|source| StorageError::Io {
                 path: self.snapshots(),
                 source,
-            },
-        )?;
+            })?
+            .with_recent(recent.clone());
         // One observer for the log and the snapshots (the node's metrics).
-        let log = LogStore::new(engine).with_observer(sm.snapshots.observer.clone());
+        let log = LogStore::new(engine)
+            .with_observer(sm.snapshots.observer.clone())
+            .with_recent(recent);
         Ok((log, sm))
     }
 }

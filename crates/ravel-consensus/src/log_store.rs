@@ -2,7 +2,7 @@
 //! log id and the last purged log id.
 
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
@@ -10,6 +10,7 @@ use ravel_storage::Engine;
 
 use crate::codec;
 use crate::observe::StorageObserver;
+use crate::recent::RecentEntries;
 use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -30,6 +31,8 @@ pub struct LogStore {
     max_append_bytes: usize,
     /// Told of each synced append (the node's metrics).
     observer: StorageObserver,
+    /// The entries appended and not yet applied, read back from memory.
+    recent: RecentEntries,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> RaftStorageError {
@@ -58,7 +61,15 @@ impl LogStore {
             engine,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             observer: StorageObserver::default(),
+            recent: RecentEntries::default(),
         }
+    }
+
+    /// Keeps new entries in `recent` (shared with the state machine, which
+    /// tells it what was applied) instead of a cache of its own.
+    pub fn with_recent(mut self, recent: RecentEntries) -> Self {
+        self.recent = recent;
+        self
     }
 
     /// Bounds the bytes of entries read for one replication RPC.
@@ -93,19 +104,21 @@ impl LogStore {
     {
         crate::failpoints::hit("append", self.engine.path()).map_err(write_err)?;
         let mut encoded = Vec::new();
+        let mut kept = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_err)?;
-            encoded.push((entry.log_id.index, bytes));
+            kept.push((entry, bytes.len()));
+            encoded.push((kept[kept.len() - 1].0.log_id.index, bytes));
         }
-        let bytes: usize = encoded.iter().map(|(_, e)| e.len()).sum();
+        let bytes: usize = kept.iter().map(|(_, size)| size).sum();
         let engine = self.engine.clone();
         let started = std::time::Instant::now();
-        let result = blocking(move || engine.append_log(encoded).map_err(write_err)).await;
-        if result.is_ok() {
-            self.observer
-                .report(|e| e.log_appended(bytes as u64, started.elapsed()));
-        }
-        result
+        blocking(move || engine.append_log(encoded).map_err(write_err)).await?;
+        self.observer
+            .report(|e| e.log_appended(bytes as u64, started.elapsed()));
+        // Readable from memory only once durable, like from RocksDB.
+        self.recent.appended(kept);
+        Ok(())
     }
 
     /// Where this store (and the state machine opened with it) reports
@@ -126,6 +139,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => i.checked_add(1),
+            Bound::Unbounded => None,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        if let Some(held) = start.and_then(|start| self.recent.range(start, end)) {
+            return Ok(held);
+        }
         let raw = self.engine.log_entries(range).map_err(read_err)?;
         Self::decode_entries(raw)
     }
@@ -135,6 +161,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        if let Some(held) = self.recent.limited(start, end, self.max_append_bytes) {
+            return Ok(held);
+        }
         let raw = self
             .engine
             .log_entries_limited(start, end, self.max_append_bytes)
@@ -221,6 +250,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         crate::failpoints::hit("truncate", self.engine.path()).map_err(write_err)?;
+        // Before the log is cut: a truncated entry is never read again.
+        self.recent.truncated(log_id.index);
         let engine = self.engine.clone();
         blocking(move || engine.truncate_log(log_id.index).map_err(write_err)).await
     }
@@ -228,6 +259,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         crate::failpoints::hit("purge", self.engine.path()).map_err(write_err)?;
         let marker = codec::encode(&log_id).map_err(write_err)?;
+        self.recent.forget_upto(log_id.index);
         let engine = self.engine.clone();
         blocking(move || {
             engine
@@ -235,5 +267,77 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::types::Command;
+    use crate::DataDir;
+
+    fn entries(range: std::ops::Range<u64>, term: u64) -> Vec<Entry> {
+        range
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(term, 1), i),
+                payload: EntryPayload::Normal(Command::Set {
+                    key: i.to_be_bytes().to_vec(),
+                    value: vec![term as u8; 100],
+                }),
+            })
+            .collect()
+    }
+
+    /// Reads through the store (from memory where it holds the entries)
+    /// and through a fresh store over the same database (RocksDB only).
+    async fn both(log: &mut LogStore, start: u64, end: u64) -> (Vec<Entry>, Vec<Entry>) {
+        let mut cold = LogStore::new(log.engine.clone()).with_recent(RecentEntries::new(0));
+        (
+            log.try_get_log_entries(start..end).await.unwrap(),
+            cold.try_get_log_entries(start..end).await.unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn reads_from_memory_match_rocksdb_through_truncate_apply_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = DataDir::new(dir.path()).open(1024).unwrap();
+        log.append_entries(entries(1..21, 1)).await.unwrap();
+        assert!(log.recent.bytes() > 0);
+        let (hot, cold) = both(&mut log, 1, 21).await;
+        assert_eq!(hot.len(), 20);
+        assert_eq!(hot, cold);
+        // A conflicting suffix: truncated, then overwritten by a newer term.
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 15))
+            .await
+            .unwrap();
+        log.append_entries(entries(15..18, 2)).await.unwrap();
+        let (hot, cold) = both(&mut log, 10, 18).await;
+        assert_eq!(hot, cold);
+        assert_eq!(hot.len(), 8);
+        assert_eq!(hot.last().unwrap().log_id.leader_id.term, 2);
+        // Replication reads are bounded the same way from memory.
+        let mut limited = log.clone().with_max_append_bytes(250);
+        let mut limited_cold = LogStore::new(log.engine.clone())
+            .with_recent(RecentEntries::new(0))
+            .with_max_append_bytes(250);
+        let hot = limited.limited_get_log_entries(5, 18).await.unwrap();
+        let cold = limited_cold.limited_get_log_entries(5, 18).await.unwrap();
+        assert_eq!(hot, cold);
+        assert!(hot.len() < 13, "bounded: {}", hot.len());
+        // Applied entries leave memory; reads of them still answer.
+        log.recent.forget_upto(12);
+        let (hot, cold) = both(&mut log, 1, 18).await;
+        assert_eq!(hot, cold);
+        // Purged entries are gone from both.
+        log.purge(LogId::new(CommittedLeaderId::new(2, 1), 16))
+            .await
+            .unwrap();
+        assert!(log.recent.bytes() > 0);
+        let (hot, cold) = both(&mut log, 17, 18).await;
+        assert_eq!(hot, cold);
+        assert_eq!(hot.len(), 1);
     }
 }

@@ -15,6 +15,7 @@ use ravel_storage::Engine;
 use crate::apply::Applier;
 use crate::codec;
 use crate::log_store::blocking;
+use crate::recent::RecentEntries;
 use crate::snapshot_files::{unique, SnapshotDir};
 use crate::types::{
     CommandResult, Entry, LogId, RaftStorageError, SnapshotData, SnapshotMeta, StoredMembership,
@@ -32,6 +33,9 @@ pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 pub struct StateMachine {
     engine: Engine,
     pub(crate) snapshots: SnapshotDir,
+    /// The log's in-memory entries, told what was applied (they are not
+    /// read again, but by a lagging follower's replication).
+    recent: Option<RecentEntries>,
 }
 
 /// Builds snapshots for openraft; shares the database with the state machine.
@@ -72,7 +76,17 @@ impl StateMachine {
         let snapshots = SnapshotDir::new(dir, chunk_bytes);
         snapshots.clean(&engine)?;
         snapshots.redo_pending_install(&engine)?;
-        Ok(Self { engine, snapshots })
+        Ok(Self {
+            engine,
+            snapshots,
+            recent: None,
+        })
+    }
+
+    /// Tells `recent` (the log store's in-memory entries) what is applied.
+    pub fn with_recent(mut self, recent: RecentEntries) -> Self {
+        self.recent = Some(recent);
+        self
     }
 
     /// The database behind this state machine, for local reads.
@@ -131,6 +145,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             crate::failpoints::hit("apply", self.engine.path()).map_err(sm_write_err)?;
             applier.batch.commit().map_err(sm_write_err)?;
+            if let Some(recent) = &self.recent {
+                recent.forget_upto(last.index);
+            }
         }
         Ok(results)
     }

@@ -1,0 +1,277 @@
+//! The log entries appended but not yet applied, kept in memory.
+//!
+//! openraft 0.9 reads every committed entry back from the log store to apply
+//! it, on the Raft core's own task, and the leader's replication tasks read
+//! each new entry back to send it. Without this cache each of those reads is
+//! a RocksDB lookup plus a decode of the whole entry, for an entry that was
+//! encoded from memory a moment before. With it, a read of entries still
+//! here is a clone, and RocksDB is read only for older ones (a follower far
+//! behind, a restart).
+//!
+//! What it holds is always the log's newest entries, contiguous: an append
+//! adds at the back (after the entries are durable), a truncation cuts the
+//! back (before the log is cut), and entries leave from the front once
+//! applied, purged, or when the cache is over its byte bound. So a read it
+//! can answer gets exactly what RocksDB would return, and a read it cannot
+//! falls through to RocksDB.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::types::Entry;
+
+/// Default bound on the encoded bytes of entries kept: entries wait here
+/// only between their append and their apply, so this is reached only when
+/// the state machine falls behind (a follower catching up).
+pub const DEFAULT_RECENT_ENTRIES_BYTES: usize = 32 << 20;
+
+/// The newest log entries, shared by a [`crate::LogStore`], its readers and
+/// the [`crate::StateMachine`] that tells it what was applied.
+#[derive(Clone, Debug)]
+pub struct RecentEntries {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Each entry with its encoded size; indices are contiguous.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Inner {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some((_, size)) = self.entries.pop_back() {
+            self.bytes -= size;
+        }
+    }
+
+    /// Position of `index` in `entries`, if held.
+    fn position(&self, index: u64) -> Option<usize> {
+        let first = self.first()?;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        (at < self.entries.len()).then_some(at)
+    }
+}
+
+impl Default for RecentEntries {
+    fn default() -> Self {
+        Self::new(DEFAULT_RECENT_ENTRIES_BYTES)
+    }
+}
+
+impl RecentEntries {
+    /// A cache keeping at most `max_bytes` of encoded entries (0: none).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                entries: VecDeque::new(),
+                bytes: 0,
+                max_bytes,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing here panics while holding the lock but an allocation
+        // failure; the contents stay consistent either way.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records entries just made durable at the log's end, with their
+    /// encoded sizes. An append that does not follow the newest held entry
+    /// (after a snapshot install, or over entries not yet truncated) first
+    /// drops what it would contradict.
+    pub(crate) fn appended(&self, entries: Vec<(Entry, usize)>) {
+        let mut c = self.lock();
+        if c.max_bytes == 0 {
+            return;
+        }
+        if let Some((first, _)) = entries.first() {
+            let next = c.entries.back().map(|(e, _)| e.log_id.index + 1);
+            match next {
+                Some(next) if first.log_id.index == next => {}
+                Some(_) if c.position(first.log_id.index).is_some() => {
+                    let at = c.position(first.log_id.index).unwrap_or(0);
+                    while c.entries.len() > at {
+                        c.pop_back();
+                    }
+                }
+                _ => {
+                    c.entries.clear();
+                    c.bytes = 0;
+                }
+            }
+        }
+        for (entry, size) in entries {
+            c.bytes += size;
+            c.entries.push_back((entry, size));
+        }
+        while c.bytes > c.max_bytes {
+            c.pop_front();
+        }
+    }
+
+    /// Drops entries with index `>= since` (a truncated suffix).
+    pub(crate) fn truncated(&self, since: u64) {
+        let mut c = self.lock();
+        while c
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= since)
+        {
+            c.pop_back();
+        }
+    }
+
+    /// Drops entries with index `<= upto`: applied (the state machine has
+    /// them) or purged (gone from the log).
+    pub fn forget_upto(&self, upto: u64) {
+        let mut c = self.lock();
+        while c.first().is_some_and(|i| i <= upto) {
+            c.pop_front();
+        }
+    }
+
+    /// Entries `start..end` (`end`: exclusive, `None`: to the log's end),
+    /// if every one of them is held.
+    pub(crate) fn range(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let c = self.lock();
+        let from = c.position(start)?;
+        let to = match end {
+            None => c.entries.len(),
+            Some(end) if end <= start => return Some(Vec::new()),
+            Some(end) => c.position(end - 1)? + 1,
+        };
+        Some(c.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+    }
+
+    /// Like [`RecentEntries::range`] with `end`, but stopping once the
+    /// entries' encoded sizes add up to `max_bytes` (at least one entry):
+    /// what a replication RPC carries. `None` unless `start` is held.
+    pub(crate) fn limited(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        let c = self.lock();
+        let from = c.position(start)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (entry, size) in c.entries.range(from..) {
+            if entry.log_id.index >= end || (!out.is_empty() && bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
+
+    /// Encoded bytes of the entries held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::types::{Command, LogId};
+
+    fn entry(index: u64) -> (Entry, usize) {
+        let e = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Delete {
+                key: index.to_be_bytes().to_vec(),
+            }),
+        };
+        (e, 10)
+    }
+
+    fn entries(r: std::ops::Range<u64>) -> Vec<(Entry, usize)> {
+        r.map(entry).collect()
+    }
+
+    fn indices(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn answers_only_ranges_it_holds_whole() {
+        let c = RecentEntries::new(1000);
+        assert_eq!(indices(c.range(1, None)), None);
+        c.appended(entries(5..10));
+        assert_eq!(indices(c.range(5, Some(10))), Some((5..10).collect()));
+        assert_eq!(indices(c.range(7, None)), Some(vec![7, 8, 9]));
+        assert_eq!(indices(c.range(6, Some(8))), Some(vec![6, 7]));
+        assert_eq!(indices(c.range(9, Some(9))), Some(vec![]));
+        // Older than the first held, or past the last: not answered.
+        assert_eq!(indices(c.range(4, Some(8))), None);
+        assert_eq!(indices(c.range(8, Some(11))), None);
+        assert_eq!(indices(c.range(10, None)), None);
+    }
+
+    #[test]
+    fn applied_and_purged_entries_leave_from_the_front() {
+        let c = RecentEntries::new(1000);
+        c.appended(entries(1..6));
+        c.forget_upto(3);
+        assert_eq!(indices(c.range(3, None)), None);
+        assert_eq!(indices(c.range(4, None)), Some(vec![4, 5]));
+        assert_eq!(c.bytes(), 20);
+        c.forget_upto(100);
+        assert_eq!(c.bytes(), 0);
+        // An append after everything was forgotten starts afresh.
+        c.appended(entries(6..8));
+        assert_eq!(indices(c.range(6, None)), Some(vec![6, 7]));
+    }
+
+    #[test]
+    fn truncation_and_overwrites_never_leave_a_stale_entry() {
+        let c = RecentEntries::new(1000);
+        c.appended(entries(1..10));
+        c.truncated(7);
+        assert_eq!(indices(c.range(6, Some(7))), Some(vec![6]));
+        assert_eq!(indices(c.range(6, Some(8))), None);
+        // An append over held entries (no truncate first) replaces them.
+        let mut newer = entries(5..7);
+        for (e, _) in &mut newer {
+            e.log_id.leader_id = CommittedLeaderId::new(2, 2);
+        }
+        c.appended(newer);
+        let held = c.range(1, None).unwrap();
+        assert_eq!(held.len(), 6);
+        assert_eq!(held[4].log_id.leader_id, CommittedLeaderId::new(2, 2));
+        assert_eq!(c.bytes(), 60);
+        // An append with a gap (after a snapshot install) drops the rest.
+        c.appended(entries(50..52));
+        assert_eq!(indices(c.range(1, None)), None);
+        assert_eq!(indices(c.range(50, None)), Some(vec![50, 51]));
+    }
+
+    #[test]
+    fn stays_within_its_bytes_and_bounds_replication_reads() {
+        let c = RecentEntries::new(45);
+        c.appended(entries(1..10));
+        assert!(c.bytes() <= 45);
+        assert_eq!(indices(c.range(6, None)), Some(vec![6, 7, 8, 9]));
+        assert_eq!(indices(c.limited(6, 100, 25)), Some(vec![6, 7]));
+        assert_eq!(indices(c.limited(6, 8, 1000)), Some(vec![6, 7]));
+        // At least one entry, whatever the bound.
+        assert_eq!(indices(c.limited(9, 100, 1)), Some(vec![9]));
+        assert_eq!(indices(c.limited(2, 100, 1000)), None);
+        let off = RecentEntries::new(0);
+        off.appended(entries(1..3));
+        assert_eq!(indices(off.range(1, None)), None);
+    }
+}
