@@ -54,6 +54,11 @@ pub struct AdminConfig {
     /// carry; no token is asked for unless set.
     #[serde(default)]
     pub auth_token_file: Option<PathBuf>,
+    /// Most MiB per second of keys and values a relocation moves (0: as
+    /// fast as the clusters take them). Moving competes with user requests
+    /// for the nodes' CPU and disk; this caps what it takes.
+    #[serde(default)]
+    pub relocation_mib_per_s: u64,
 }
 
 fn default_max_key() -> usize {
@@ -89,6 +94,7 @@ const ENV_KEYS: &[&str] = &[
     "source_ip",
     "tls",
     "auth_token_file",
+    "relocation_mib_per_s",
 ];
 
 /// Values given on the command line (the flags of existing deployments).
@@ -115,6 +121,7 @@ impl AdminConfig {
             source_ip: None,
             tls: None,
             auth_token_file: None,
+            relocation_mib_per_s: 0,
         }
     }
 
@@ -199,10 +206,12 @@ mod tests {
                 ("RAVEL_ADMIN_ADDR", "127.0.0.1:2"),
                 ("RAVEL_ADMIN_REQUEST_TIMEOUT_MS", "750"),
                 ("RAVEL_ADMIN_RING__LOAD", "1.5"),
+                ("RAVEL_ADMIN_RELOCATION_MIB_PER_S", "16"),
             ]),
         )
         .unwrap();
         assert_eq!(cfg.request_timeout_ms, 750);
+        assert_eq!(cfg.relocation_mib_per_s, 16);
         assert_eq!(cfg.ring.load, 1.5);
         assert_eq!(cfg.http_addr, default_http());
     }

@@ -29,7 +29,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -179,6 +179,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
     fence(admin, &from).await?;
     admin.holds.point("mover.before_copy").await;
     let mut listing = list(router, &from, count, &partitions, cursor.clone()).await?;
+    let pacer = Pacer::new(admin.limits.relocation_bytes_per_s);
     loop {
         let page = listing;
         // The next page is listed while this one is written: it holds only
@@ -187,12 +188,13 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             let after = Some(page.last_key.clone());
             list(router, &from, count, &partitions, after)
         });
-        let (moved, next) = tokio::join!(move_page(admin, &from, &to, &page.entries), async {
-            match next {
-                Some(listing) => Some(listing.await),
-                None => None,
-            }
-        });
+        let (moved, next) =
+            tokio::join!(move_page(admin, &pacer, &from, &to, &page.entries), async {
+                match next {
+                    Some(listing) => Some(listing.await),
+                    None => None,
+                }
+            });
         moved?;
         let moved = page.entries.len() as u64;
         admin.metrics.keys_moved(moved);
@@ -360,11 +362,13 @@ enum Conditional {
 /// then deleted from `from` if it still holds the copied value.
 async fn move_page(
     admin: &AdminState,
+    pacer: &Pacer,
     from: &str,
     to: &str,
     entries: &[KeyValue],
 ) -> Result<(), String> {
     let moves = batches(entries).into_iter().map(|batch| async move {
+        pacer.admit(batch_bytes(batch)).await;
         let deadline = Instant::now() + STEP_TIMEOUT;
         // A tombstone on the source is a leftover of an older admin
         // (sweeps are persisted now): it means "absent"; drop it.
@@ -390,6 +394,48 @@ async fn move_page(
         .await
         .into_iter()
         .try_for_each(|r| r.map(drop))
+}
+
+/// Paces the mover to a rate (`relocation_mib_per_s`): each batch starts
+/// no earlier than the previous batch's bytes take at that rate. Time spent
+/// not moving (a failed step's pause, an empty page) earns no credit, so a
+/// stall is never followed by a burst above the rate.
+struct Pacer {
+    bytes_per_s: u64,
+    /// When the next batch may start.
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    /// A pacer to `bytes_per_s` (0: none, every batch goes at once).
+    fn new(bytes_per_s: u64) -> Self {
+        Self {
+            bytes_per_s,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for a batch of `bytes` to be allowed to start.
+    async fn admit(&self, bytes: u64) {
+        if self.bytes_per_s == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// The key and value bytes of a batch (what the pacer counts).
+fn batch_bytes(batch: &[KeyValue]) -> u64 {
+    batch
+        .iter()
+        .map(|e| (e.key.len() + e.value.len()) as u64)
+        .sum()
 }
 
 /// `entries` cut, in order, into the largest move batches the nodes take
@@ -540,6 +586,8 @@ async fn remove_tombstones(
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
     fn kv(key: usize, value_bytes: usize) -> KeyValue {
@@ -551,6 +599,32 @@ mod tests {
 
     fn sizes(bs: &[&[KeyValue]]) -> Vec<usize> {
         bs.iter().map(|b| b.len()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_pacer_holds_batches_to_its_rate_and_banks_no_credit() {
+        // 100 KiB batches at 1 MiB/s: the fourth may start 300 ms after
+        // the first, whatever the batches' own time.
+        let pacer = Pacer::new(1 << 20);
+        let t0 = std::time::Instant::now();
+        for _ in 0..4 {
+            pacer.admit(100 << 10).await;
+        }
+        let paced = t0.elapsed();
+        assert!(paced >= Duration::from_millis(290), "{paced:?}");
+        // Idle time is not banked: after a pause the next batch still waits
+        // for the one before it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pacer.admit(100 << 10).await; // starts at once: its slot is past
+        let t1 = std::time::Instant::now();
+        pacer.admit(100 << 10).await;
+        let waited = t1.elapsed();
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        // Unpaced: ready at its first poll, however many bytes.
+        let free = Pacer::new(0);
+        for _ in 0..3 {
+            assert!(free.admit(1 << 30).now_or_never().is_some());
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Deadline of one user request, leader discovery and retries included.
     pub request_timeout: Duration,
+    /// Most bytes per second a relocation moves (0: unpaced).
+    pub relocation_bytes_per_s: u64,
 }
 
 pub struct AdminState {
@@ -80,6 +82,7 @@ impl AdminState {
                 max_key_bytes: cfg.max_key_bytes,
                 max_value_bytes: cfg.max_value_bytes,
                 request_timeout: cfg.request_timeout(),
+                relocation_bytes_per_s: cfg.relocation_mib_per_s.saturating_mul(1 << 20),
             },
             holds: Default::default(),
             metrics: router_metrics,

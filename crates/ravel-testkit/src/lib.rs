@@ -83,6 +83,8 @@ pub struct TestSettings {
     pub tls: Option<TlsFiles>,
     /// The token file the admin requires and the nodes present.
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// The admin's `relocation_mib_per_s` (0: unpaced).
+    pub relocation_mib_per_s: u64,
 }
 
 impl Default for TestSettings {
@@ -102,6 +104,7 @@ impl Default for TestSettings {
             },
             tls: None,
             auth_token_file: None,
+            relocation_mib_per_s: 0,
         }
     }
 }
@@ -159,6 +162,7 @@ impl TestSystem {
         admin_config.max_value_bytes = settings.limits.max_value_bytes;
         admin_config.tls = settings.tls.clone();
         admin_config.auth_token_file = settings.auth_token_file.clone();
+        admin_config.relocation_mib_per_s = settings.relocation_mib_per_s;
         let admin = Admin::start(&admin_config, Some(listener))
             .await
             .expect("start admin");

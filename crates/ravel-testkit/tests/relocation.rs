@@ -432,6 +432,50 @@ async fn partitions_of_large_values_move() {
     sys.shutdown().await;
 }
 
+/// `relocation_mib_per_s` holds a move to its rate: at 1 MiB/s, the ~5 MB
+/// that move here take at least their bytes' time less the first batch's
+/// (up to 1 MiB goes at once). Unpaced, the same move takes well under
+/// that (printed, for comparison), so a pacer that stopped pacing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_relocation_moves_no_faster_than_its_rate() {
+    const VALUE: usize = 100_000;
+    for rate in [0u64, 1] {
+        let settings = ravel_testkit::TestSettings {
+            relocation_mib_per_s: rate,
+            ..Default::default()
+        };
+        let mut sys = TestSystem::start_with(1, 1, settings).await;
+        let addr = sys.http_addr().to_string();
+        let mut model = Model::new();
+        let big = "v".repeat(VALUE);
+        for k in 0..100 {
+            let (key, v) = (format!("paced-{k}"), json!(format!("{k}:{big}")));
+            assert!(put(&addr, &key, &v).await, "put {key}");
+            model.insert(key, Some(v));
+        }
+        let t0 = std::time::Instant::now();
+        sys.add_node(true).await;
+        wait_relocations(&sys, 1).await;
+        let took = t0.elapsed();
+        let moved = sys.admin().registry().snapshot().ring.moved_keys_total;
+        let bytes = moved as f64 * VALUE as f64;
+        println!("relocation_mib_per_s = {rate}: {moved} keys ({bytes} bytes) in {took:?}");
+        verify(&sys, &model).await;
+        sys.shutdown().await;
+        if rate > 0 {
+            let floor = (bytes - (1 << 20) as f64) / (rate << 20) as f64;
+            assert!(
+                floor >= 2.0,
+                "too little moved to measure the pace: {moved} keys"
+            );
+            assert!(
+                took.as_secs_f64() >= floor,
+                "{bytes} bytes moved in {took:?} at {rate} MiB/s (at least {floor:.1} s)"
+            );
+        }
+    }
+}
+
 /// The index of the (only) replica of `cluster` in a system of one-replica
 /// clusters.
 fn replica_of(sys: &TestSystem, cluster: &str) -> usize {
