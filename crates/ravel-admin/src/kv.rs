@@ -5,8 +5,9 @@
 //! - a delete of a moving key leaves a tombstone on the new owner, so the
 //!   mover's copy-if-absent cannot bring the old value back, and also
 //!   deletes the old copy;
-//! - reads ask the new owner, then the previous owner, then the new owner
-//!   again (a key moved between the first two reads is found by the third);
+//! - reads ask the new owner and the previous owner at once, then the new
+//!   owner again if neither had the key (it may have moved between the
+//!   two reads); see `AdminState::get`;
 //! - requests hold the routing gate for reading; a ring change takes it for
 //!   writing, so no request routed by the old ring is still in flight once
 //!   the change is visible.
@@ -97,40 +98,42 @@ impl AdminState {
     }
 
     /// The value of `key`, `None` if absent.
+    ///
+    /// While the key's partition moves, the new and the previous owner are
+    /// asked at once (the latency of one read, not two): the new owner's
+    /// answer wins if it has the key. If only the previous owner has it,
+    /// that value was the key's at the moment it was read: the new owner
+    /// only gains keys during a move (copies, writes, tombstones; sweeps
+    /// wait for the move's end, which this request's gate holds off), so
+    /// absent there afterwards means absent there then. If neither has it,
+    /// the key may have moved between the two reads: the new owner is
+    /// asked again.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         let _g = self.gate.read().await;
         let deadline = self.request_deadline();
         let r = self.route(key)?;
-        let first = self
-            .router
-            .run(&r.owner, ops::GET, key, b"", None, deadline)
-            .await;
-        match first {
-            Ok(v) => return Ok(live(v)),
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let Some(prev) = r.previous else {
-            return Ok(None);
+        let read = |cluster| async move {
+            match self
+                .router
+                .run(cluster, ops::GET, key, b"", None, deadline)
+                .await
+            {
+                Ok(v) => Ok(Some(live(v))),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(KvError::from(e)),
+            }
         };
-        match self
-            .router
-            .run(&prev, ops::GET, key, b"", None, deadline)
-            .await
-        {
-            Ok(v) => return Ok(live(v)),
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(e.into()),
+        let Some(prev) = r.previous.as_ref() else {
+            return Ok(read(&r.owner).await?.flatten());
+        };
+        let (at_owner, at_prev) = tokio::join!(read(&r.owner), read(prev));
+        if let Some(found) = at_owner? {
+            return Ok(found);
         }
-        match self
-            .router
-            .run(&r.owner, ops::GET, key, b"", None, deadline)
-            .await
-        {
-            Ok(v) => Ok(live(v)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e.into()),
+        if let Some(found) = at_prev? {
+            return Ok(found);
         }
+        Ok(read(&r.owner).await?.flatten())
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<(), KvError> {
