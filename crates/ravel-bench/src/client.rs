@@ -8,6 +8,7 @@ use futures::future::join_all;
 use rand::Rng;
 use ravel_proto::node::ravel_node_client::RavelNodeClient;
 use ravel_proto::node::Command;
+use ravel_transport::retry::Attempts;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Pass;
@@ -187,14 +188,24 @@ impl Target {
                     if i >= n {
                         return Ok::<(), String>(());
                     }
-                    if random {
-                        let v: Vec<u8> = rand::rng()
+                    let v: Vec<u8> = if random {
+                        rand::rng()
                             .sample_iter(rand::distr::Alphanumeric)
                             .take(value.len())
-                            .collect();
-                        self.op(c, Workload::Put, &key(i), &v).await?;
+                            .collect()
                     } else {
-                        self.op(c, Workload::Put, &key(i), value).await?;
+                        value.to_vec()
+                    };
+                    // Setting a key to the same value again has the same
+                    // effect, so a put whose outcome is unknown (a leader
+                    // overloaded by the load itself) is retried rather
+                    // than failing a load of a million keys.
+                    let mut attempts = Attempts::until(tokio::time::Instant::now() + LOAD_RETRY);
+                    while let Err(e) = self.op(c, Workload::Put, &key(i), &v).await {
+                        eprintln!("loading key {i}: {e}; retrying");
+                        if !attempts.pause().await {
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -203,6 +214,9 @@ impl Target {
         results.into_iter().collect()
     }
 }
+
+/// How long the loader retries one key before it gives up.
+const LOAD_RETRY: Duration = Duration::from_secs(30);
 
 pub fn key(i: usize) -> Vec<u8> {
     format!("bench-{i:08}").into_bytes()
