@@ -158,13 +158,31 @@ async fn follower_behind_large_batches_catches_up() {
         writers.push(tokio::spawn(async move {
             let mut c = client;
             for k in (w..80).step_by(8) {
-                let mut req = tonic::Request::new(ravel_proto::node::Command {
-                    operation: "set".into(),
-                    key: format!("big-{k}").into_bytes(),
-                    value: value.clone(),
-                });
-                req.set_timeout(Duration::from_secs(20));
-                c.run(req).await.unwrap_or_else(|e| panic!("big-{k}: {e}"));
+                // Setting a key to the same value again has the same
+                // effect: a set whose outcome is unknown (on 2 loaded
+                // cores the leader may miss its majority's acknowledgement
+                // for an election timeout and refuse) is sent again. What
+                // is tested is the follower's catch-up, below.
+                let until = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let mut req = tonic::Request::new(ravel_proto::node::Command {
+                        operation: "set".into(),
+                        key: format!("big-{k}").into_bytes(),
+                        value: value.clone(),
+                    });
+                    req.set_timeout(Duration::from_secs(20));
+                    match c.run(req).await {
+                        Ok(_) => break,
+                        Err(e)
+                            if e.code() == tonic::Code::Unavailable
+                                && std::time::Instant::now() < until =>
+                        {
+                            println!("big-{k}: {e}; sending it again");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("big-{k}: {e}"),
+                    }
+                }
             }
         }));
     }
