@@ -99,19 +99,19 @@ impl RecentEntries {
             return;
         }
         if let Some((first, _)) = entries.first() {
-            let next = c.entries.back().map(|(e, _)| e.log_id.index + 1);
-            match next {
-                Some(next) if first.log_id.index == next => {}
-                Some(_) if c.position(first.log_id.index).is_some() => {
-                    let at = c.position(first.log_id.index).unwrap_or(0);
-                    while c.entries.len() > at {
-                        c.pop_back();
-                    }
+            // Held entries from `first` on are replaced; the rest is kept
+            // only if it leads up to `first` (no gap).
+            let keep = match c.position(first.log_id.index) {
+                Some(at) => at,
+                None if c.entries.back().map(|(e, _)| e.log_id.index + 1)
+                    == Some(first.log_id.index) =>
+                {
+                    c.entries.len()
                 }
-                _ => {
-                    c.entries.clear();
-                    c.bytes = 0;
-                }
+                None => 0,
+            };
+            while c.entries.len() > keep {
+                c.pop_back();
             }
         }
         for (entry, size) in entries {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ravel_testkit::{wait_for, TestSettings, TestSystem};
+use ravel_transport::retry::Attempts;
 
 async fn write_range(sys: &TestSystem, via: usize, range: std::ops::Range<u32>) {
     for k in range {
@@ -163,7 +164,8 @@ async fn follower_behind_large_batches_catches_up() {
                 // cores the leader may miss its majority's acknowledgement
                 // for an election timeout and refuse) is sent again. What
                 // is tested is the follower's catch-up, below.
-                let until = std::time::Instant::now() + Duration::from_secs(30);
+                let mut attempts =
+                    Attempts::until(tokio::time::Instant::now() + Duration::from_secs(30));
                 loop {
                     let mut req = tonic::Request::new(ravel_proto::node::Command {
                         operation: "set".into(),
@@ -173,12 +175,11 @@ async fn follower_behind_large_batches_catches_up() {
                     req.set_timeout(Duration::from_secs(20));
                     match c.run(req).await {
                         Ok(_) => break,
-                        Err(e)
-                            if e.code() == tonic::Code::Unavailable
-                                && std::time::Instant::now() < until =>
-                        {
+                        Err(e) if e.code() == tonic::Code::Unavailable => {
                             println!("big-{k}: {e}; sending it again");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if !attempts.pause().await {
+                                panic!("big-{k}: {e}");
+                            }
                         }
                         Err(e) => panic!("big-{k}: {e}"),
                     }
