@@ -65,12 +65,25 @@ impl Default for MemoryBudget {
 
 impl Drop for Inner {
     /// A clean close keeps even the unsynced tail of the WAL, so a graceful
-    /// restart re-applies nothing.
+    /// restart re-applies nothing. Then RocksDB's background work (flushes,
+    /// compactions, periodic tasks) is stopped and waited for before the
+    /// database is closed: see [`quiesce`].
     fn drop(&mut self) {
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(path = %self.path.display(), error = %e, "syncing the WAL on close failed");
         }
+        quiesce(&self.db);
     }
+}
+
+/// Stops RocksDB's background work on `db` and waits for it, so that no
+/// background thread still runs for this database while it is closed.
+/// Without this, a close that races the process's exit can abort it with
+/// `pthread lock: Invalid argument` (facebook/rocksdb#11349): a background
+/// or periodic task locks a RocksDB mutex that exit has already destroyed.
+/// Seen once at the end of a test binary's run.
+fn quiesce(db: &DB) {
+    db.cancel_all_background_work(true);
 }
 
 impl std::fmt::Debug for Engine {
@@ -260,6 +273,7 @@ impl Engine {
             opts.set_sync(true);
             db.write_opt(batch, &opts)
                 .map_err(|e| StorageError::from_rocks(&tmp, e))?;
+            quiesce(&db);
             // Closed here: everything is in synced files before the rename.
         }
         // Renaming over an empty directory replaces it (rename(2)).
