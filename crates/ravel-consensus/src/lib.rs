@@ -29,7 +29,7 @@ pub mod types;
 use std::path::{Path, PathBuf};
 
 pub use log_store::{LogStore, DEFAULT_MAX_APPEND_BYTES};
-pub use ravel_storage::{Engine, MemoryBudget, StorageError};
+pub use ravel_storage::{Engine, EngineStats, MemoryBudget, StorageError, WeakEngine};
 pub use recent::{RecentEntries, DEFAULT_RECENT_ENTRIES_BYTES};
 pub use state_machine::{SnapshotBuilder, StateMachine, DEFAULT_SNAPSHOT_CHUNK_BYTES};
 pub use types::{Command, CommandResult, NodeId, Raft, RequestId, SnapshotData, TypeConfig};

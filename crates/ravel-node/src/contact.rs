@@ -40,6 +40,12 @@ impl QuorumContact {
                 .is_none_or(|ms| u128::from(ms) < self.max_age.as_millis())
     }
 
+    /// Whether `m` is a leader that no majority acknowledged within the
+    /// longest election timeout.
+    pub fn stale_leader(&self, m: &RaftMetrics) -> bool {
+        m.state == ServerState::Leader && !self.fresh_in(m)
+    }
+
     /// Whether this node leads and a majority acknowledged it recently.
     pub fn fresh(&self, raft: &Raft) -> bool {
         self.fresh_in(&raft.metrics().borrow())

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    Counter, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 use ravel_consensus::types::{NodeId, Raft};
+use ravel_consensus::WeakEngine;
+
+use crate::contact::QuorumContact;
 use ravel_proto::ops;
 use ravel_runtime::metrics::{self as m, Exposition, LATENCY_BUCKETS};
 
@@ -18,6 +21,11 @@ pub struct NodeMetrics {
     registry: Registry,
     raft: Raft,
     node_id: NodeId,
+    /// Not a strong handle: the metrics outlive the node's shutdown, which
+    /// waits for the database's other handles to go.
+    engine: WeakEngine,
+    rocks: RocksMetrics,
+    quorum_contact_lost: IntCounter,
     term: IntGauge,
     state: IntGaugeVec,
     last_log_index: IntGauge,
@@ -46,10 +54,64 @@ const STATES: [(&str, ServerState); 4] = [
     ("learner", ServerState::Learner),
 ];
 
+/// RocksDB's own account of its work, read at each scrape
+/// ([`ravel_consensus::EngineStats`]).
+struct RocksMetrics {
+    write_stall: Counter,
+    delayed_write_rate: IntGauge,
+    write_stopped: IntGauge,
+    l0_files: IntGaugeVec,
+    pending_compaction: IntGauge,
+    running: IntGaugeVec,
+    memtable: IntGauge,
+    block_cache: IntGauge,
+}
+
+impl RocksMetrics {
+    fn new(r: &Registry) -> Self {
+        Self {
+            write_stall: m::float_counter(r, "ravel_rocksdb_write_stall_seconds_total", "Time RocksDB held writes back (delayed or stopped: too many L0 files, memtables waiting for a flush, or compaction debt). The Raft log's synced appends share the database and wait with them."),
+            delayed_write_rate: m::gauge(r, "ravel_rocksdb_delayed_write_rate_bytes", "Rate RocksDB holds writes to now, in bytes per second; 0 when writes are not delayed."),
+            write_stopped: m::gauge(r, "ravel_rocksdb_write_stopped", "1 while RocksDB stops writes until a flush or compaction catches up."),
+            l0_files: m::gauge_vec(r, "ravel_rocksdb_l0_files", "L0 files of each column family (writes slow down at 20, stop at 36).", &["cf"]),
+            pending_compaction: m::gauge(r, "ravel_rocksdb_pending_compaction_bytes", "Bytes RocksDB estimates compaction has to rewrite, over all column families."),
+            running: m::gauge_vec(r, "ravel_rocksdb_running_jobs", "Background jobs running now, by kind (flush, compaction).", &["kind"]),
+            memtable: m::gauge(r, "ravel_rocksdb_memtable_bytes", "Bytes in RocksDB's memtables, over all column families."),
+            block_cache: m::gauge(r, "ravel_rocksdb_block_cache_bytes", "Bytes held by the shared block cache."),
+        }
+    }
+
+    fn refresh(&self, s: &ravel_consensus::EngineStats) {
+        m::advance_to(&self.write_stall, s.write_stall.as_secs_f64());
+        self.delayed_write_rate.set(s.delayed_write_rate as i64);
+        self.write_stopped.set(i64::from(s.write_stopped));
+        for (cf, n) in &s.l0_files {
+            self.l0_files.with_label_values(&[cf]).set(*n as i64);
+        }
+        self.pending_compaction
+            .set(s.pending_compaction_bytes as i64);
+        self.running
+            .with_label_values(&["flush"])
+            .set(s.running_flushes as i64);
+        self.running
+            .with_label_values(&["compaction"])
+            .set(s.running_compactions as i64);
+        self.memtable.set(s.memtable_bytes as i64);
+        self.block_cache.set(s.block_cache_bytes as i64);
+    }
+}
+
 impl NodeMetrics {
-    pub fn new(raft: Raft, node_id: NodeId) -> Arc<Self> {
+    pub fn new(
+        raft: Raft,
+        node_id: NodeId,
+        engine: WeakEngine,
+        contact: QuorumContact,
+    ) -> Arc<Self> {
         let r = Registry::new();
         let metrics = Arc::new(Self {
+            rocks: RocksMetrics::new(&r),
+            quorum_contact_lost: m::counter(&r, "ravel_raft_quorum_contact_lost_total", "Times this replica, leading, went longer than the longest election timeout without a majority acknowledging it; it refuses writes until one does."),
             term: m::gauge(&r, "ravel_raft_term", "Current Raft term."),
             state: m::gauge_vec(&r, "ravel_raft_state", "1 for this replica's Raft role.", &["state"]),
             last_log_index: m::gauge(&r, "ravel_raft_last_log_index", "Index of the last entry in the log."),
@@ -72,8 +134,10 @@ impl NodeMetrics {
             registry: r,
             raft,
             node_id,
+            engine,
         });
         tokio::spawn(count_leader_changes(Arc::downgrade(&metrics)));
+        tokio::spawn(count_quorum_contact_lost(Arc::downgrade(&metrics), contact));
         metrics
     }
 
@@ -127,6 +191,9 @@ impl NodeMetrics {
     }
 
     fn refresh(&self) {
+        if let Some(engine) = self.engine.upgrade() {
+            self.rocks.refresh(&engine.stats());
+        }
         let rm = self.raft.metrics().borrow().clone();
         self.term.set(rm.current_term as i64);
         for (name, s) in STATES {
@@ -266,5 +333,25 @@ async fn count_leader_changes(metrics: std::sync::Weak<NodeMetrics>) {
                 None => return,
             }
         }
+    }
+}
+
+/// Counts the times this replica, leading, lost contact with a majority
+/// (the quorum-contact check turning from fresh to stale); ends with the
+/// node.
+async fn count_quorum_contact_lost(metrics: std::sync::Weak<NodeMetrics>, contact: QuorumContact) {
+    let Some(mut rx) = metrics.upgrade().map(|m| m.raft.metrics()) else {
+        return;
+    };
+    let mut lost = contact.stale_leader(&rx.borrow());
+    while rx.changed().await.is_ok() {
+        let now = contact.stale_leader(&rx.borrow());
+        if now && !lost {
+            match metrics.upgrade() {
+                Some(m) => m.quorum_contact_lost.inc(),
+                None => return,
+            }
+        }
+        lost = now;
     }
 }

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
@@ -47,6 +47,20 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C
 
 pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     register(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+/// A counter of a fractional quantity (seconds).
+pub fn float_counter(r: &Registry, name: &str, help: &str) -> Counter {
+    register(r, Counter::new(name, help).expect("valid metric"))
+}
+
+/// Brings `counter` up to `total`, a cumulative count read from elsewhere
+/// (a counter only goes up: a smaller `total` is ignored).
+pub fn advance_to(counter: &Counter, total: f64) {
+    let by = total - counter.get();
+    if by > 0.0 {
+        counter.inc_by(by);
+    }
 }
 
 pub fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

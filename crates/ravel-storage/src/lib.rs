@@ -28,7 +28,9 @@ mod log;
 mod snapshot;
 
 pub use data::ApplyBatch;
-pub use engine::{Engine, MemoryBudget, BLOCK_CACHE, FORMAT_VERSION, MEMTABLE_BUDGET};
+pub use engine::{
+    Engine, EngineStats, MemoryBudget, WeakEngine, BLOCK_CACHE, FORMAT_VERSION, MEMTABLE_BUDGET,
+};
 pub use error::{Result, StorageError};
 pub use import::verify_snapshot_file;
 pub use snapshot::{read_snapshot_header, PinnedView, SnapshotStats};

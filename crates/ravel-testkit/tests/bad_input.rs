@@ -192,14 +192,6 @@ async fn large_values_within_the_configured_limit_work_everywhere() {
     let follower = sys.other_member(&cluster, leader);
 
     let big = vec![b'v'; 6 << 20];
-    for _ in 0..5 {
-        let m = sys.nodes[leader].node().raft().metrics().borrow().clone();
-        eprintln!(
-            "DEBUG ack {:?} state {:?} repl {:?}",
-            m.millis_since_quorum_ack, m.state, m.replication
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     sys.run(leader, "set", b"big1", &big)
         .await
         .expect("6 MiB set");

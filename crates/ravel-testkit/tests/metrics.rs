@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ravel_testkit::TestSystem;
+use ravel_testkit::{wait_for, TestSystem};
 use serde_json::json;
 
 /// `name{a="x",b="y"} value` lines → (name, sorted labels) → value.
@@ -135,6 +135,21 @@ async fn nodes_and_admin_serve_metrics_that_parse() {
         .unwrap()
             >= 1.0
     );
+    // RocksDB's own account: the writes sit in memtables; every column
+    // family reports its L0 files; the stall time and the jobs are there.
+    assert!(
+        get(&s, "ravel_rocksdb_memtable_bytes", &[]).unwrap() > 0.0,
+        "{text}"
+    );
+    for cf in ["raft_log", "raft_meta", "data", "sm_meta"] {
+        assert!(
+            get(&s, "ravel_rocksdb_l0_files", &[("cf", cf)]).is_some(),
+            "{cf}: {text}"
+        );
+    }
+    assert!(get(&s, "ravel_rocksdb_write_stall_seconds_total", &[]).is_some());
+    assert!(get(&s, "ravel_rocksdb_running_jobs", &[("kind", "flush")]).is_some());
+    assert!(get(&s, "ravel_raft_quorum_contact_lost_total", &[]).is_some());
     let lags = s
         .keys()
         .filter(|(n, _)| n == "ravel_raft_follower_lag_entries")
@@ -357,5 +372,41 @@ async fn grpc_reflection_lists_the_services() {
         admin.contains("RavelClusterAdminPB.RavelClusterAdmin"),
         "{admin:?}"
     );
+    sys.shutdown().await;
+}
+
+/// A leader cut off from both followers keeps believing it leads (openraft
+/// has no check-quorum) but refuses writes once no majority acknowledged it
+/// within an election timeout; its metrics count that loss of contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_counts_its_lost_contact_with_the_majority() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    sys.run(leader, "set", b"k", b"v").await.expect("a write");
+    let addr = sys.nodes[leader]
+        .node()
+        .metrics_addr()
+        .expect("metrics on")
+        .to_string();
+    let lost = || async {
+        let s = parse(&scrape(&addr, "/metrics").await.1);
+        get(&s, "ravel_raft_quorum_contact_lost_total", &[]).expect("the counter is served")
+    };
+    let before = lost().await;
+
+    sys.partition(&[leader]);
+    let err = sys
+        .run(leader, "set", b"k", b"cut off")
+        .await
+        .expect_err("a leader cut off from its majority committed a write");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    wait_for(
+        Duration::from_secs(10),
+        "the lost contact counted",
+        || async { (lost().await > before).then_some(()) },
+    )
+    .await;
+    sys.heal();
     sys.shutdown().await;
 }

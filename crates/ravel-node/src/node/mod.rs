@@ -190,8 +190,6 @@ impl Node {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        let metrics = crate::metrics::NodeMetrics::new(raft.clone(), id);
-        log_store.observer().set(metrics.storage_events());
         let membership_lock = service::MembershipLock::default();
         let metrics_listener = match &cfg.metrics_addr {
             None => None,
@@ -213,6 +211,9 @@ impl Node {
         let contact = crate::contact::QuorumContact::new(Duration::from_millis(
             cfg.raft.election_timeout_max_ms,
         ));
+        let metrics =
+            crate::metrics::NodeMetrics::new(raft.clone(), id, engine.downgrade(), contact.clone());
+        log_store.observer().set(metrics.storage_events());
         let leader_contact = crate::contact::LeaderContact::new(Duration::from_millis(
             cfg.raft.election_timeout_max_ms,
         ));
