@@ -195,7 +195,7 @@ fn cf_options(name: &str, create: bool, budget: &MemoryBudget, cache: &Cache) ->
 }
 
 /// Memtables of all column families together, at most (the default).
-pub const MEMTABLE_BUDGET: usize = 64 << 20;
+pub const MEMTABLE_BUDGET: usize = 32 << 20;
 /// The shared block cache (the default).
 pub const BLOCK_CACHE: usize = 32 << 20;
 
