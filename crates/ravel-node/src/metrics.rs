@@ -12,10 +12,10 @@ use prometheus::{
 };
 use ravel_consensus::types::{NodeId, Raft};
 use ravel_consensus::WeakEngine;
-
-use crate::contact::QuorumContact;
 use ravel_proto::ops;
 use ravel_runtime::metrics::{self as m, Exposition, LATENCY_BUCKETS};
+
+use crate::contact::QuorumContact;
 
 pub struct NodeMetrics {
     registry: Registry,
@@ -136,8 +136,7 @@ impl NodeMetrics {
             node_id,
             engine,
         });
-        tokio::spawn(count_leader_changes(Arc::downgrade(&metrics)));
-        tokio::spawn(count_quorum_contact_lost(Arc::downgrade(&metrics), contact));
+        tokio::spawn(count_raft_events(Arc::downgrade(&metrics), contact));
         metrics
     }
 
@@ -318,40 +317,29 @@ pub async fn report_health(raft: Raft, me: NodeId, reporter: tonic_health::serve
     }
 }
 
-/// Counts leader changes as this replica sees them; ends with the node.
-async fn count_leader_changes(metrics: std::sync::Weak<NodeMetrics>) {
+/// Counts what this replica sees happen in Raft's metrics: leader changes,
+/// and its losses, as leader, of contact with a majority (the quorum-contact
+/// check turning from fresh to stale). Ends with the node.
+async fn count_raft_events(metrics: std::sync::Weak<NodeMetrics>, contact: QuorumContact) {
     let Some(mut rx) = metrics.upgrade().map(|m| m.raft.metrics()) else {
         return;
     };
-    let mut leader = rx.borrow().current_leader;
-    while rx.changed().await.is_ok() {
-        let now = rx.borrow().current_leader;
-        if now != leader {
-            leader = now;
-            match metrics.upgrade() {
-                Some(m) => m.leader_changes.inc(),
-                None => return,
-            }
-        }
-    }
-}
-
-/// Counts the times this replica, leading, lost contact with a majority
-/// (the quorum-contact check turning from fresh to stale); ends with the
-/// node.
-async fn count_quorum_contact_lost(metrics: std::sync::Weak<NodeMetrics>, contact: QuorumContact) {
-    let Some(mut rx) = metrics.upgrade().map(|m| m.raft.metrics()) else {
-        return;
+    let (mut leader, mut lost) = {
+        let m = rx.borrow();
+        (m.current_leader, contact.stale_leader(&m))
     };
-    let mut lost = contact.stale_leader(&rx.borrow());
     while rx.changed().await.is_ok() {
-        let now = contact.stale_leader(&rx.borrow());
-        if now && !lost {
-            match metrics.upgrade() {
-                Some(m) => m.quorum_contact_lost.inc(),
-                None => return,
-            }
+        let (now_leader, now_lost) = {
+            let m = rx.borrow();
+            (m.current_leader, contact.stale_leader(&m))
+        };
+        let Some(m) = metrics.upgrade() else { return };
+        if now_leader != leader {
+            m.leader_changes.inc();
         }
-        lost = now;
+        if now_lost && !lost {
+            m.quorum_contact_lost.inc();
+        }
+        (leader, lost) = (now_leader, now_lost);
     }
 }

@@ -127,10 +127,10 @@ impl Drop for Inner {
 
 /// Stops RocksDB's background work on `db` and waits for it, so that no
 /// background thread still runs for this database while it is closed.
-/// Without this, a close that races the process's exit can abort it with
+/// Otherwise a close that races the process's exit can abort it with
 /// `pthread lock: Invalid argument` (facebook/rocksdb#11349): a background
-/// or periodic task locks a RocksDB mutex that exit has already destroyed.
-/// Without it, 5 of 400 runs of this crate's test binary aborted so.
+/// or periodic task locks a RocksDB mutex that exit has already destroyed
+/// (5 of 400 runs of this crate's test binary aborted so).
 fn quiesce(db: &DB) {
     db.cancel_all_background_work(true);
 }
@@ -389,7 +389,7 @@ impl Engine {
             running_flushes: prop("rocksdb.num-running-flushes"),
             running_compactions: prop("rocksdb.num-running-compactions"),
             memtable_bytes: over_cfs("rocksdb.cur-size-all-mem-tables"),
-            block_cache_bytes: self.inner.cache.get_usage() as u64,
+            block_cache_bytes: self.block_cache_usage() as u64,
         }
     }
 
