@@ -99,6 +99,46 @@ impl LeaderContact {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// [`LeaderContact::lost`], confirmed against Raft's state now. The
+    /// recorded time is the election driver's last reading, a tick old or
+    /// more on a busy machine: a follower that has just voted for a new
+    /// leader, or heard from it, must not refuse as if cut off. (Seen: a
+    /// survivor refused a write 601 ms after its leader's SIGKILL, after
+    /// the new leader had already accepted one.)
+    pub async fn lost_confirmed(&self, raft: &Raft) -> Option<Duration> {
+        self.lost()?;
+        if let Ok(at) = raft
+            .with_raft_state(|st| heard_at(st.server_state, st.vote_last_modified()))
+            .await
+        {
+            self.record(at);
+        }
+        self.lost()
+    }
+
+    /// Resolves once [`LeaderContact::lost_confirmed`] holds.
+    pub async fn lost_confirmed_wait(&self, raft: &Raft) -> Duration {
+        loop {
+            self.lost_wait().await;
+            if let Some(age) = self.lost_confirmed(raft).await {
+                return age;
+            }
+        }
+    }
+}
+
+/// When a replica in `state` last heard from a leader, given when its vote
+/// last changed or was refreshed (a leader's message, a vote granted): a
+/// leader hears from itself.
+pub fn heard_at(
+    state: ServerState,
+    vote_changed: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match state {
+        ServerState::Leader => Some(tokio::time::Instant::now()),
+        _ => vote_changed,
+    }
 }
 
 #[cfg(test)]

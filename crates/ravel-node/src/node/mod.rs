@@ -94,6 +94,9 @@ pub struct Node {
     /// local reads in tests and diagnostics.
     engine: Engine,
     data_dir: PathBuf,
+    /// When this replica last heard from a leader (shared with the
+    /// election driver and the forwarding path).
+    leader_contact: crate::contact::LeaderContact,
     /// Longest a `Join` call waits for the leader to catch this replica up.
     join_timeout: Duration,
     /// Cancelled on shutdown: stops the gRPC server, the leader notifier
@@ -308,6 +311,7 @@ impl Node {
             addr: bound.advertised,
             raft,
             engine,
+            leader_contact,
             data_dir: dir.clone(),
             join_timeout: Duration::from_millis(cfg.raft.join_timeout_ms) + Duration::from_secs(5),
             shutdown,
@@ -360,6 +364,15 @@ impl Node {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// For tests: makes the recorded time this replica last heard from a
+    /// leader `age` old, as an election driver that has not run for that
+    /// long would leave it.
+    #[doc(hidden)]
+    pub fn backdate_leader_contact(&self, age: Duration) {
+        self.leader_contact
+            .record(tokio::time::Instant::now().checked_sub(age));
     }
 
     /// Reads a key from this replica's local state machine, without any

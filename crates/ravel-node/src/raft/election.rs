@@ -241,11 +241,7 @@ pub async fn run(elector: Elector, shutdown: CancellationToken) {
             // Raft stopped; the node's supervisor reports it.
             return;
         };
-        contact.record(match me.state {
-            // A leader hears from itself; candidates hear from nobody.
-            ServerState::Leader => Some(Instant::now()),
-            _ => me.vote_changed,
-        });
+        contact.record(crate::contact::heard_at(me.state, me.vote_changed));
         if me.state == ServerState::Leader || !me.voters.contains_key(&id) {
             continue;
         }

@@ -176,7 +176,7 @@ impl NodeState {
         // A follower cut off from its leader would only hold the client
         // to its deadline: refuse at once, nothing sent (not applied), so
         // the client may try another replica.
-        if let Some(silent) = self.leader_contact.lost() {
+        if let Some(silent) = self.leader_contact.lost_confirmed(&self.raft).await {
             return Err(Forward::Failed(Status::unavailable(format!(
                 "this replica has heard from no leader for {} ms (cut off from its cluster?); not forwarded, not applied",
                 silent.as_millis()
@@ -201,7 +201,7 @@ impl NodeState {
         let answer = tokio::select! {
             r = tokio::time::timeout(remaining, call(client, req)) => r,
             _ = self.leader_moves_from(leader) => return Err(Forward::LeaderChanged),
-            silent = self.leader_contact.lost_wait() => {
+            silent = self.leader_contact.lost_confirmed_wait(&self.raft) => {
                 return Err(Forward::Failed(Status::unavailable(format!(
                     "this replica lost contact with leader {addr} ({} ms silent) while the request was forwarded; the request's outcome is unknown",
                     silent.as_millis()
