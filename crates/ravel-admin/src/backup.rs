@@ -398,7 +398,7 @@ async fn write_backup(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         clusters: clusters.clone(),
-        registry: serde_json::to_value(&reg).map_err(|e| e.to_string())?,
+        registry: serde_json::to_value(&*reg).map_err(|e| e.to_string())?,
     };
     let send = |bytes: Vec<u8>| async move {
         tx.send(Ok(bytes.into()))

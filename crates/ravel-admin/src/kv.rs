@@ -8,6 +8,9 @@
 //! - reads ask the new owner and the previous owner at once, then the new
 //!   owner again if neither had the key (it may have moved between the
 //!   two reads); see `AdminState::get`;
+//! - a key the mover has already passed (at or before its saved cursor)
+//!   is the new owner's alone: reads and deletes go there only
+//!   (`Router::route`);
 //! - requests hold the routing gate for reading; a ring change takes it for
 //!   writing, so no request routed by the old ring is still in flight once
 //!   the change is visible.

@@ -101,6 +101,35 @@ pub struct RelocationProgress {
     pub sweeps: Vec<Sweep>,
 }
 
+impl RelocationProgress {
+    /// The key of [`RelocationProgress::cursors`] for the pair `from`→`to`.
+    pub fn pair_key(from: &str, to: &str) -> String {
+        format!("{from}->{to}")
+    }
+
+    /// Whether the mover of `from`→`to` has finished with `key`: copied it
+    /// to `to` and deleted it from `from` (or found it absent). Its cursor
+    /// is the last key its listing passed, saved after the page's copies
+    /// and deletes; listings walk keys in byte order.
+    pub fn moved_past(&self, from: &str, to: &str, key: &[u8]) -> bool {
+        !self.cursors.is_empty()
+            && self
+                .cursors
+                .get(&Self::pair_key(from, to))
+                .is_some_and(|cursor| key <= cursor.as_slice())
+    }
+}
+
+impl RegistryState {
+    /// See [`RelocationProgress::moved_past`]; false with no relocation.
+    pub fn moved_past(&self, from: &str, to: &str, key: &[u8]) -> bool {
+        self.ring
+            .relocation
+            .as_ref()
+            .is_some_and(|r| r.moved_past(from, to, key))
+    }
+}
+
 /// Tombstones to remove from `cluster`'s `partitions` (see
 /// [`RelocationProgress::sweeps`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -257,6 +286,20 @@ pub(crate) mod tests {
             grpc_address: a.into(),
             raft_address: a.into(),
         }
+    }
+
+    #[test]
+    fn the_mover_has_passed_keys_up_to_its_pairs_cursor() {
+        let rel = RelocationProgress {
+            cursors: BTreeMap::from([("c1->c2".to_string(), b"key-5".to_vec())]),
+            ..Default::default()
+        };
+        assert!(rel.moved_past("c1", "c2", b"key-4"));
+        assert!(rel.moved_past("c1", "c2", b"key-5"), "the cursor itself");
+        assert!(rel.moved_past("c1", "c2", b"key-10"), "byte order");
+        assert!(!rel.moved_past("c1", "c2", b"key-50"));
+        assert!(!rel.moved_past("c1", "c3", b"a"), "another pair");
+        assert!(!RegistryState::default().moved_past("c1", "c2", b"a"));
     }
 
     /// Golden bytes of `registry.json`: a restarted (or upgraded) admin

@@ -141,10 +141,6 @@ pub async fn run_mover(admin: Arc<AdminState>) {
     }
 }
 
-fn pair_key(from: &str, to: &str) -> String {
-    format!("{from}->{to}")
-}
-
 fn step_err(e: CallError) -> String {
     match e {
         CallError::Unavailable(m) => m,
@@ -172,7 +168,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
         .filter(|(_, m)| m.from == from && m.to == to)
         .map(|(p, _)| *p)
         .collect();
-    let key = pair_key(&from, &to);
+    let key = RelocationProgress::pair_key(&from, &to);
     let cursor = r.cursors.get(&key).cloned();
     tracing::info!(relocation = r.id, %from, %to, partitions = partitions.len(), resume = cursor.is_some(), "moving partitions");
     let count = router.ring().partitions;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryState};
 use crate::ring::HashRing;
 
 /// Where a key lives right now.
@@ -28,8 +28,9 @@ pub struct Route {
     pub partition: u32,
     /// Owner under the current ring: all writes go here.
     pub owner: String,
-    /// The previous owner while the partition is being moved: reads fall
-    /// back to it.
+    /// The previous owner while the key may still be there: its partition
+    /// is being moved and the mover has not passed the key yet. Reads fall
+    /// back to it; deletes remove the key there too.
     pub previous: Option<String>,
     /// The ring generation this route comes from; writes carry it, so an
     /// owner fenced since refuses them ([`metadata::RING_EPOCH`]).
@@ -103,8 +104,7 @@ impl Router {
         &self.pool
     }
 
-    fn table(&self) -> Arc<Table> {
-        let state = self.registry.snapshot();
+    fn table(&self, state: &RegistryState) -> Arc<Table> {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if t.generation != state.ring.generation {
             let moving = state
@@ -128,13 +128,26 @@ impl Router {
     }
 
     /// The route of `key`, or `None` when no cluster serves yet.
+    ///
+    /// A key of a moving partition that the mover has already passed (at
+    /// or before its persisted cursor) is served by the new owner alone:
+    /// the mover copied it there, if the old owner held it, and deleted it
+    /// from the old owner before the cursor was saved, and the old owner is
+    /// fenced, so it cannot have gained the key since. Such a read costs one
+    /// cluster, not two.
     pub fn route(&self, key: &[u8]) -> Option<Route> {
-        let t = self.table();
+        let state = self.registry.snapshot();
+        let t = self.table(&state);
         let partition = ravel_proto::partition_of(key, self.ring.partitions);
         let owner = t.owners.get(partition as usize)?.clone();
+        let previous = t
+            .moving
+            .get(&partition)
+            .filter(|from| !state.moved_past(from, &owner, key))
+            .cloned();
         Some(Route {
             partition,
-            previous: t.moving.get(&partition).cloned(),
+            previous,
             owner,
             epoch: t.generation,
         })

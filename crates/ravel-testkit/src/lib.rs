@@ -17,6 +17,7 @@ pub mod linearizability;
 pub mod nemesis;
 pub mod netfault;
 pub mod process;
+pub mod prom;
 pub mod workload;
 
 use std::future::Future;

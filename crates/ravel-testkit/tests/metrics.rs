@@ -2,60 +2,12 @@
 //! `/healthz` and `/readyz`), the admin on its HTTP port; a scrape of each
 //! parses and shows the work just done.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use ravel_testkit::prom::{get, parse, scrape};
 use ravel_testkit::{wait_for, TestSystem};
 use serde_json::json;
-
-/// `name{a="x",b="y"} value` lines → (name, sorted labels) → value.
-type Samples = BTreeMap<(String, BTreeSet<(String, String)>), f64>;
-
-fn parse(text: &str) -> Samples {
-    let mut out = Samples::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').expect("a sample line");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeSet::new()),
-            Some((name, rest)) => {
-                let labels = rest
-                    .trim_end_matches('}')
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| {
-                        let (k, v) = l.split_once('=').expect("label=value");
-                        (k.to_string(), v.trim_matches('"').to_string())
-                    })
-                    .collect();
-                (name.to_string(), labels)
-            }
-        };
-        out.insert((name, labels), value);
-    }
-    out
-}
-
-fn get(s: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeSet<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    s.get(&(name.to_string(), want)).copied()
-}
-
-async fn scrape(addr: &str, path: &str) -> (u16, String) {
-    let r = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
-    (r.status().as_u16(), r.text().await.unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_and_admin_serve_metrics_that_parse() {

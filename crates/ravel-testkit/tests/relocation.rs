@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use ravel_admin::ring::HashRing;
 use ravel_testkit::http::request;
+use ravel_testkit::prom::{get, parse, scrape};
 use ravel_testkit::{wait_for, TestSystem};
 use serde_json::{json, Value};
 
@@ -618,6 +619,99 @@ async fn tombstones_are_swept_even_when_the_admin_stops_before_the_sweep() {
         },
     )
     .await;
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}
+
+/// Calls the admin made to `cluster`'s leader, whatever their outcome.
+async fn calls_to(sys: &TestSystem, cluster: &str) -> f64 {
+    let s = parse(&scrape(sys.http_addr(), "/metrics").await.1);
+    ["ok", "status", "unavailable"]
+        .iter()
+        .filter_map(|o| {
+            get(
+                &s,
+                "ravel_admin_cluster_calls_total",
+                &[("cluster", cluster), ("outcome", o)],
+            )
+        })
+        .sum()
+}
+
+/// While a partition moves, a key the mover has already passed is served
+/// by the new owner alone: reading or deleting it costs no call to the old
+/// owner. A key it has not passed yet is still read from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_the_mover_passed_are_read_from_the_new_owner_only() {
+    let mut sys = TestSystem::start(1, 1).await;
+    let source = sys.cluster_ids()[0].clone();
+    // Enough keys for the moving half to fill more than one page (2,048).
+    let mut model = preload(&sys, 8000).await;
+    sys.admin().holds().arm("mover.after_page");
+    let second = sys.add_node(true).await;
+    let dest = sys.nodes[second].cluster_id.clone();
+    sys.admin().holds().reached("mover.after_page").await;
+
+    let state = sys.admin().registry().snapshot();
+    let rel = state.ring.relocation.clone().expect("a move in progress");
+    let owners = HashRing::default().owners(&state.ring.members);
+    let moving: Vec<&String> = model
+        .keys()
+        .filter(|k| owners[ravel_proto::partition_of(k.as_bytes(), 271) as usize] == dest)
+        .collect();
+    let passed: Vec<String> = moving
+        .iter()
+        .filter(|k| rel.moved_past(&source, &dest, k.as_bytes()))
+        .take(20)
+        .map(|k| k.to_string())
+        .collect();
+    let ahead: Vec<String> = moving
+        .iter()
+        .filter(|k| !rel.moved_past(&source, &dest, k.as_bytes()))
+        .take(20)
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!((passed.len(), ahead.len()), (20, 20), "{rel:?}");
+
+    let read_all = |keys: Vec<String>| {
+        let sys = &sys;
+        let model = &model;
+        async move {
+            for k in keys {
+                let r = sys.http("POST", "/get", Some(json!({"key": k}))).await;
+                assert_eq!(r.status, 200, "get {k}: {:?}", r.body);
+                assert_eq!(Some(&r.body["val"]), model[&k].as_ref(), "{k}");
+            }
+        }
+    };
+    let (src0, dst0) = (calls_to(&sys, &source).await, calls_to(&sys, &dest).await);
+    read_all(passed.clone()).await;
+    let (src1, dst1) = (calls_to(&sys, &source).await, calls_to(&sys, &dest).await);
+    assert_eq!(src1, src0, "reads of moved keys called the old owner");
+    assert!(dst1 - dst0 >= 20.0, "{dst0} -> {dst1}");
+    read_all(ahead).await;
+    let src2 = calls_to(&sys, &source).await;
+    assert!(
+        src2 - src1 >= 20.0,
+        "keys not moved yet are read from both owners: {src1} -> {src2}"
+    );
+
+    // A delete of a moved key is a plain delete on the new owner.
+    let k = &passed[0];
+    assert!(delete(sys.http_addr(), k).await, "delete {k}");
+    model.insert(k.clone(), None);
+    assert_eq!(
+        calls_to(&sys, &source).await,
+        src2,
+        "the delete called the old owner"
+    );
+    assert_eq!(
+        sys.nodes[second].node().local_get(k.as_bytes()).unwrap(),
+        None
+    );
+
+    sys.admin().holds().release("mover.after_page");
+    wait_relocations(&sys, 1).await;
     verify(&sys, &model).await;
     sys.shutdown().await;
 }
