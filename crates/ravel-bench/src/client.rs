@@ -277,6 +277,8 @@ pub async fn run_pass(
         secs: elapsed,
         latency,
         cpu_secs: None,
+        client_cpu_secs: None,
+        busy_percent: None,
         rss_mib: None,
     }
 }

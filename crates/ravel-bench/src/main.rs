@@ -86,6 +86,11 @@ struct Pass {
     secs: f64,
     latency: hdrhistogram::Histogram<u64>,
     cpu_secs: Option<f64>,
+    /// CPU seconds of this benchmark process (the clients) over the pass.
+    client_cpu_secs: Option<f64>,
+    /// The whole machine's busy share over the pass, in percent: near
+    /// 100, the pass was bound by CPU, not by waiting.
+    busy_percent: Option<f64>,
     rss_mib: Option<f64>,
 }
 
@@ -145,6 +150,9 @@ async fn run(args: Args) -> Result<(), String> {
         for round in 0..args.rounds {
             for (t, pids) in &targets {
                 let before = procstat::cpu_secs(pids);
+                let me = [std::process::id()];
+                let client_before = procstat::cpu_secs(&me);
+                let machine_before = procstat::machine_ticks();
                 let mut pass = client::run_pass(
                     t,
                     *workload,
@@ -155,6 +163,12 @@ async fn run(args: Args) -> Result<(), String> {
                 )
                 .await;
                 pass.cpu_secs = before.zip(procstat::cpu_secs(pids)).map(|(a, b)| b - a);
+                pass.client_cpu_secs = client_before
+                    .zip(procstat::cpu_secs(&me))
+                    .map(|(a, b)| b - a);
+                pass.busy_percent = machine_before
+                    .zip(procstat::machine_ticks())
+                    .and_then(|(a, b)| procstat::busy_percent(a, b));
                 pass.rss_mib = procstat::rss_mib(pids);
                 eprintln!(
                     "{} {}x{} round {}: {:.0} ops/s, p50 {} µs, {} errors",
@@ -205,8 +219,8 @@ fn print_table(
     results: &BTreeMap<(usize, String), Vec<Pass>>,
 ) {
     println!();
-    println!("| workload | clients | target | ops/s (rounds) | p50 ms | p99 ms | p999 ms | errors | CPU s / 1k ops | RSS MiB | ÷ etcd |");
-    println!("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | clients | target | ops/s (rounds) | p50 ms | p99 ms | p999 ms | errors | CPU s / 1k ops | client CPU s / 1k | machine busy % | RSS MiB | ÷ etcd |");
+    println!("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, (w, clients)) in points.iter().enumerate() {
         let etcd = results
             .get(&(i, "etcd".to_string()))
@@ -218,8 +232,13 @@ fn print_table(
             let m = median(passes);
             let rounds: Vec<String> = passes.iter().map(|p| format!("{:.0}", p.rate())).collect();
             let ms = |q: f64| m.latency.value_at_quantile(q) as f64 / 1000.0;
+            let per_1k = |c: Option<f64>| {
+                c.map_or("-".into(), |c| {
+                    format!("{:.3}", c / (m.ops.max(1) as f64 / 1000.0))
+                })
+            };
             println!(
-                "| {} | {} | {} | {:.0} ({}) | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} ({}) | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
                 w.name(),
                 clients,
                 t.name(),
@@ -229,10 +248,9 @@ fn print_table(
                 ms(0.99),
                 ms(0.999),
                 m.errors,
-                m.cpu_secs.map_or("-".into(), |c| format!(
-                    "{:.3}",
-                    c / (m.ops.max(1) as f64 / 1000.0)
-                )),
+                per_1k(m.cpu_secs),
+                per_1k(m.client_cpu_secs),
+                m.busy_percent.map_or("-".into(), |b| format!("{b:.0}")),
                 m.rss_mib.map_or("-".into(), |r| format!("{r:.0}")),
                 etcd.map_or("-".into(), |e| format!("{:.2}", m.rate() / e)),
             );
@@ -261,6 +279,8 @@ mod tests {
             secs: 1.0,
             latency: hdrhistogram::Histogram::new(3).unwrap(),
             cpu_secs: None,
+            client_cpu_secs: None,
+            busy_percent: None,
             rss_mib: None,
         };
         let passes = [pass(30), pass(10), pass(20)];
