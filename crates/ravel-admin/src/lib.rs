@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::AdminConfig;
 pub use kv::TOMBSTONE;
 use registry::{Registry, RegistryError};
+pub use relocation::PAGE as RELOCATION_PAGE;
 use service::AdminService;
 use state::AdminState;
 

@@ -645,8 +645,9 @@ async fn calls_to(sys: &TestSystem, cluster: &str) -> f64 {
 async fn keys_the_mover_passed_are_read_from_the_new_owner_only() {
     let mut sys = TestSystem::start(1, 1).await;
     let source = sys.cluster_ids()[0].clone();
-    // Enough keys for the moving half to fill more than one page (2,048).
-    let mut model = preload(&sys, 8000).await;
+    // Enough keys for the moving half (about half the partitions) to fill
+    // more than one of the mover's pages.
+    let mut model = preload(&sys, 3 * ravel_admin::RELOCATION_PAGE as usize).await;
     sys.admin().holds().arm("mover.after_page");
     let second = sys.add_node(true).await;
     let dest = sys.nodes[second].cluster_id.clone();
