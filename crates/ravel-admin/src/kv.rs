@@ -102,8 +102,9 @@ impl AdminState {
 
     /// The value of `key`, `None` if absent.
     ///
-    /// While the key's partition moves, the new and the previous owner are
-    /// asked at once (the latency of one read, not two): the new owner's
+    /// While the key's partition moves and the mover has not passed the
+    /// key yet (the route names a previous owner), the new and the
+    /// previous owner are asked at once (the latency of one read, not two): the new owner's
     /// answer wins if it has the key. If only the previous owner has it,
     /// that value was the key's at the moment it was read: the new owner
     /// only gains keys during a move (copies, writes, tombstones; sweeps
