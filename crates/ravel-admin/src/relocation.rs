@@ -49,7 +49,8 @@ use crate::state::AdminState;
 /// `ravel_proto::limits::LIST_PAGE_BYTES`, 4 MiB). A page's batches are
 /// written concurrently, so a larger page keeps more batches in flight:
 /// 4,096 (4 MiB of 1 KiB values, four batches) moved 41-42 MB/s where
-/// 2,048 moved 35-37 (docs/benchmarks.md, "Relocation: longer pages").
+/// 2,048 moved 35-37 (docs/benchmarks.md, "Relocation: passed keys read
+/// from the new owner alone; longer pages").
 pub const PAGE: u32 = 4096;
 /// Deadline of one step of the mover (a page, a copy); a failed step is
 /// retried after a pause, forever: progress is persisted.
