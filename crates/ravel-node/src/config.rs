@@ -101,6 +101,9 @@ pub struct RaftSettings {
     /// openraft 0.9 gives each AppendEntries one heartbeat interval to be
     /// sent, stored and answered: keep this small enough for that.
     pub max_append_bytes: usize,
+    /// Serve linearizable reads under a leader lease (`lease.rs`) instead
+    /// of confirming leadership with a quorum for every batch of reads.
+    pub lease_reads: bool,
 }
 
 impl Default for RaftSettings {
@@ -116,6 +119,7 @@ impl Default for RaftSettings {
             election_timeout_max_ms: 500,
             join_timeout_ms: 60_000,
             max_append_bytes: ravel_consensus::DEFAULT_MAX_APPEND_BYTES,
+            lease_reads: true,
         }
     }
 }

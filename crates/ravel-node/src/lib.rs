@@ -9,7 +9,8 @@
 //!    network over gRPC) and applied to RocksDB.
 //!
 //! A linearizable read waits on `read_index`: one leadership confirmation
-//! with a quorum shared by every read waiting when it starts.
+//! with a quorum shared by every read waiting when it starts, or none while
+//! the leader holds a read lease (`lease`, which also gates votes).
 //!
 //! `node` is the lifecycle (found / join / restart / shutdown), `kill` the
 //! planned removal, `notifier` tells the admin about leadership through
@@ -24,6 +25,7 @@ pub mod config;
 mod contact;
 pub mod identity;
 pub mod kill;
+mod lease;
 mod metrics;
 mod node;
 mod notifier;

@@ -40,6 +40,7 @@ pub struct NodeMetrics {
     batch_commands: Histogram,
     proposal_seconds: Histogram,
     read_round_reads: Histogram,
+    lease_reads: IntCounter,
     log_append_seconds: Histogram,
     log_appended_bytes: IntCounter,
     snapshots: IntCounterVec,
@@ -125,6 +126,7 @@ impl NodeMetrics {
             run_seconds: m::histogram_vec(&r, "ravel_run_duration_seconds", "Time to answer a Run request, by operation.", &["op"], LATENCY_BUCKETS),
             batch_commands: m::histogram(&r, "ravel_proposal_commands", "Client commands per Raft proposal (write batching).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             proposal_seconds: m::histogram(&r, "ravel_proposal_duration_seconds", "From proposing a batch to its result on the leader (replication, fsync on a majority, apply).", LATENCY_BUCKETS),
+            lease_reads: m::counter(&r, "ravel_read_lease_reads_total", "Linearizable reads served under the leader's read lease, without a read-index round."),
             read_round_reads: m::histogram(&r, "ravel_read_index_round_reads", "Linearizable reads served by one read-index round (one leadership confirmation with a quorum).", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             log_append_seconds: m::histogram(&r, "ravel_log_append_duration_seconds", "Time to append entries to the Raft log and sync them to disk (one RocksDB write with fsync).", LATENCY_BUCKETS),
             log_appended_bytes: m::counter(&r, "ravel_log_appended_bytes_total", "Bytes of Raft log entries appended and synced (encoded)."),
@@ -184,9 +186,12 @@ impl NodeMetrics {
         self.proposal_seconds.observe(took.as_secs_f64());
     }
 
-    /// One read-index round, shared by `reads` reads.
-    pub fn read_round(&self, reads: usize) {
-        self.read_round_reads.observe(reads as f64);
+    /// How a linearizable read (or a round of them) was confirmed.
+    pub fn read_served(&self, served: crate::read_index::Served) {
+        match served {
+            crate::read_index::Served::Round(reads) => self.read_round_reads.observe(reads as f64),
+            crate::read_index::Served::Lease => self.lease_reads.inc(),
+        }
     }
 
     fn refresh(&self) {

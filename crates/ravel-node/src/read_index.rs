@@ -14,14 +14,30 @@
 //! covers every write acknowledged before any of them began; the reads
 //! read the state machine after the round has applied up to it. While one
 //! round is out, the reads arriving meanwhile gather for the next.
+//!
+//! A round that succeeds also grants this leader a read lease
+//! (`lease.rs`): until it expires, reads are served at once, without a
+//! round, and the next round runs in the background before it does.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::ServerState;
 use ravel_consensus::types::Raft;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::lease::{Epoch, LeaseCheck, ReadLease};
+
+/// How a linearizable read was confirmed (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// One read-index round, shared by this many reads.
+    Round(usize),
+    /// One read, under the leader's lease.
+    Lease,
+}
 
 /// The outcome of a confirmation round, shared by its reads.
 #[derive(Debug, Clone)]
@@ -43,8 +59,9 @@ pub struct ReadIndex {
     raft: Raft,
     /// Longest one round may take before its reads are told it failed.
     round_timeout: Duration,
+    lease: Arc<ReadLease>,
     state: Arc<Mutex<State>>,
-    on_round: Arc<dyn Fn(usize) + Send + Sync>,
+    on_served: Arc<dyn Fn(Served) + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -53,35 +70,53 @@ struct State {
     running: bool,
     /// Reads waiting for the next round.
     waiting: Vec<Waiter>,
+    /// A round is wanted to renew the lease, whether or not reads wait.
+    renew: bool,
 }
 
 impl ReadIndex {
-    /// `on_round` is told each round's number of reads (a metric).
+    /// `on_served` is told how each read, or round of reads, was confirmed
+    /// (a metric).
     pub fn new(
         raft: Raft,
         round_timeout: Duration,
-        on_round: impl Fn(usize) + Send + Sync + 'static,
+        lease: Arc<ReadLease>,
+        on_served: impl Fn(Served) + Send + Sync + 'static,
     ) -> Self {
         Self {
             raft,
             round_timeout,
+            lease,
             state: Arc::default(),
-            on_round: Arc::new(on_round),
+            on_served: Arc::new(on_served),
         }
     }
 
-    /// Waits, until `deadline`, for the first round that starts after this
-    /// call.
+    /// The term and membership this replica leads in, if it leads.
+    fn leading(&self) -> Option<Epoch> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then(|| Epoch {
+            term: m.current_term,
+            membership: m.membership_config.log_id().map(|l| l.index),
+        })
+    }
+
+    /// Confirms, until `deadline`, that a read arriving now may be served
+    /// from this leader's state machine: at once under a lease, otherwise
+    /// by the first round that starts after this call.
     pub async fn confirm(&self, deadline: Instant) -> Confirmation {
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.waiting.push(tx);
-            !std::mem::replace(&mut st.running, true)
-        };
-        if start {
-            tokio::spawn(self.clone().run_rounds());
+        if let Some(epoch) = self.leading() {
+            if let LeaseCheck::Held { renew } = self.lease.check(Instant::now(), epoch) {
+                if renew {
+                    self.start_rounds(None);
+                }
+                (self.on_served)(Served::Lease);
+                return Confirmation::Confirmed;
+            }
         }
+        let (tx, rx) = oneshot::channel();
+        self.start_rounds(Some(tx));
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(c)) => c,
             Ok(Err(_)) => Confirmation::Unavailable("the read-index round was dropped".into()),
@@ -91,20 +126,40 @@ impl ReadIndex {
         }
     }
 
-    /// Runs rounds while reads wait; stops when none does.
+    /// Queues `waiter` for the next round (or asks for a round that renews
+    /// the lease), and starts the rounds' task unless it runs.
+    fn start_rounds(&self, waiter: Option<Waiter>) {
+        let start = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match waiter {
+                Some(w) => st.waiting.push(w),
+                None => st.renew = true,
+            }
+            !std::mem::replace(&mut st.running, true)
+        };
+        if start {
+            tokio::spawn(self.clone().run_rounds());
+        }
+    }
+
+    /// Runs rounds while reads wait or the lease wants renewing; stops
+    /// when neither does.
     async fn run_rounds(self) {
         loop {
             let batch = {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 // Reads whose caller gave up need no round.
                 st.waiting.retain(|w| !w.is_closed());
-                if st.waiting.is_empty() {
+                let renew = std::mem::take(&mut st.renew);
+                if st.waiting.is_empty() && !renew {
                     st.running = false;
                     return;
                 }
                 std::mem::take(&mut st.waiting)
             };
-            (self.on_round)(batch.len());
+            if !batch.is_empty() {
+                (self.on_served)(Served::Round(batch.len()));
+            }
             let outcome = self.round().await;
             for w in batch {
                 let _ = w.send(outcome.clone());
@@ -113,6 +168,20 @@ impl ReadIndex {
     }
 
     async fn round(&self) -> Confirmation {
+        let epoch = self.leading();
+        let start = self.lease.round_starts();
+        let outcome = self.confirm_with_quorum().await;
+        // A lease only if this replica led in the same term and membership
+        // when the round started and when it finished.
+        if let (Confirmation::Confirmed, Some(before)) = (&outcome, epoch) {
+            if self.leading() == Some(before) {
+                self.lease.round_confirmed(start, before);
+            }
+        }
+        outcome
+    }
+
+    async fn confirm_with_quorum(&self) -> Confirmation {
         match tokio::time::timeout(self.round_timeout, self.raft.ensure_linearizable()).await {
             Err(_) => Confirmation::Unavailable(
                 "could not confirm leadership with a quorum within the request deadline".into(),

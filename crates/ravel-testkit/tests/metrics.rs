@@ -362,3 +362,42 @@ async fn a_leader_cut_off_counts_its_lost_contact_with_the_majority() {
     sys.heal();
     sys.shutdown().await;
 }
+
+/// Reads on a leader holding a read lease skip the quorum round; with
+/// `lease_reads = false` every read waits for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_under_the_leaders_lease_skip_the_quorum_round() {
+    for lease_reads in [true, false] {
+        let mut settings = ravel_testkit::TestSettings::default();
+        settings.raft.lease_reads = lease_reads;
+        let sys = TestSystem::start_with(1, 3, settings).await;
+        let cluster = sys.cluster_ids()[0].clone();
+        let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+        sys.run(leader, "set", b"k", b"v").await.unwrap();
+        let reads = 200;
+        for _ in 0..reads {
+            let r = sys.run(leader, "get", b"k", b"").await.expect("read");
+            assert_eq!(r.get_ref().data, b"v");
+        }
+        let addr = sys.nodes[leader]
+            .node()
+            .metrics_addr()
+            .expect("metrics on")
+            .to_string();
+        let (_, text) = scrape(&addr, "/metrics").await;
+        let s = parse(&text);
+        let by_lease = get(&s, "ravel_read_lease_reads_total", &[]).unwrap();
+        let by_round = get(&s, "ravel_read_index_round_reads_sum", &[]).unwrap();
+        assert_eq!(by_lease + by_round, f64::from(reads), "{text}");
+        if lease_reads {
+            // The first read waits for a round; renewals run beside reads.
+            assert!(
+                by_lease >= f64::from(reads) * 0.9,
+                "lease reads: {by_lease}"
+            );
+        } else {
+            assert_eq!(by_lease, 0.0);
+        }
+        sys.shutdown().await;
+    }
+}

@@ -65,6 +65,10 @@ async fn deposed_leader_serves_no_stale_read_and_commits_nothing() {
     let cluster = sys.cluster_ids()[0].clone();
     let old = sys.leader(&cluster, Duration::from_secs(10)).await;
     sys.run(old, "set", b"k", b"old").await.unwrap();
+    // A read confirms leadership and leaves the leader holding a read
+    // lease when it is cut off: the lease must end before a new leader
+    // can be elected.
+    sys.run(old, "get", b"k", b"").await.unwrap();
     let old_term = sys.nodes[old].node().raft().metrics().borrow().current_term;
 
     sys.partition(&[old]);
@@ -252,5 +256,86 @@ async fn a_follower_returning_from_a_partition_does_not_depose_the_leader() {
         "the returning follower deposed the leader"
     );
     assert_eq!(term(follower), before);
+    sys.shutdown().await;
+}
+
+/// While a leader holds a read lease it must not vote for a rival (its own
+/// vote, with one follower's, would elect one while it still serves reads
+/// from the lease). openraft alone would grant the vote: the leader's own
+/// lease in openraft ends `election_timeout_min` after it was elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_holding_a_read_lease_refuses_votes() {
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use openraft::Vote;
+    use ravel_consensus::types::NodeId;
+    use ravel_proto::raft::{raft_client::RaftClient, RaftMessage};
+
+    let mut settings = ravel_testkit::TestSettings::default();
+    // A long lease (3/4 of 2 s), so a slow machine does not let it lapse
+    // between the read that renews it and the vote request.
+    settings.raft.election_timeout_min_ms = 2_000;
+    settings.raft.election_timeout_max_ms = 3_000;
+    let sys = TestSystem::start_with(1, 3, settings).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(30)).await;
+    let rival = sys.other_member(&cluster, leader);
+    let raft = sys.nodes[leader].node().raft().clone();
+    sys.run(leader, "set", b"k", b"v").await.unwrap();
+    // Past openraft's own lease on the leader (it refuses votes for
+    // election_timeout_min after it was elected), reading meanwhile.
+    wait_for(
+        Duration::from_secs(20),
+        "openraft's lease on the leader to lapse",
+        || {
+            let raft = raft.clone();
+            let read = sys.run(leader, "get", b"k", b"");
+            async move {
+                read.await.expect("read on the leader");
+                let since = raft
+                    .with_raft_state(|st| st.vote_last_modified())
+                    .await
+                    .expect("raft runs")
+                    .map(|t| t.elapsed());
+                since
+                    .is_some_and(|d| d > Duration::from_millis(2_200))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    sys.run(leader, "get", b"k", b"")
+        .await
+        .expect("renews the lease");
+    let (term, last_index) = {
+        let m = raft.metrics().borrow().clone();
+        (m.current_term, m.last_log_index.unwrap_or(0))
+    };
+    // A rival whose log is ahead of the leader's: openraft would grant it.
+    let rival_log = openraft::LogId::new(
+        openraft::CommittedLeaderId::new(term, sys.nodes[leader].id),
+        last_index + 100,
+    );
+    let rival_id: NodeId = sys.nodes[rival].id;
+    let req = VoteRequest::new(Vote::new(term + 1, rival_id), Some(rival_log));
+    let mut client = RaftClient::connect(format!("http://{}", sys.nodes[leader].addr))
+        .await
+        .expect("connect");
+    let answer = client
+        .vote(RaftMessage {
+            codec: u32::from(ravel_consensus::codec::CODEC_VERSION),
+            payload: ravel_consensus::codec::encode(&req).unwrap(),
+        })
+        .await
+        .expect("vote RPC");
+    let resp: Result<VoteResponse<NodeId>, openraft::error::RaftError<NodeId>> =
+        ravel_consensus::codec::decode(&answer.get_ref().payload).unwrap();
+    let resp = resp.expect("a vote answer");
+    assert!(!resp.vote_granted, "the leader voted for a rival: {resp:?}");
+    let m = raft.metrics().borrow().clone();
+    assert_eq!(
+        (m.current_term, m.current_leader),
+        (term, Some(sys.nodes[leader].id)),
+        "the leader stepped down"
+    );
     sys.shutdown().await;
 }

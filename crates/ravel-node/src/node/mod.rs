@@ -182,6 +182,13 @@ impl Node {
         let network = GrpcRaftNetwork::new(id, pool.clone(), opts.faults.clone(), transfer.clone());
         let raft_config = cfg.openraft()?;
         let lease = Duration::from_millis(raft_config.election_timeout_max);
+        // Before Raft starts: its replica refuses votes from its start on.
+        let read_lease = Arc::new(crate::lease::ReadLease::new(
+            cfg.raft
+                .lease_reads
+                .then(|| crate::lease::ReadLease::duration_for(lease)),
+            lease,
+        ));
         let log_store = opened.log_store.clone();
         let raft = Raft::new(
             id,
@@ -232,10 +239,15 @@ impl Node {
                 contact.clone(),
                 metrics.clone(),
             ),
-            read_index: crate::read_index::ReadIndex::new(raft.clone(), cfg.request_timeout(), {
-                let metrics = metrics.clone();
-                move |reads| metrics.read_round(reads)
-            }),
+            read_index: crate::read_index::ReadIndex::new(
+                raft.clone(),
+                cfg.request_timeout(),
+                read_lease.clone(),
+                {
+                    let metrics = metrics.clone();
+                    move |served| metrics.read_served(served)
+                },
+            ),
             metrics: metrics.clone(),
             membership_lock: membership_lock.clone(),
             contact,
@@ -255,6 +267,7 @@ impl Node {
                     log_store.clone(),
                     transfer.chunk_timeout,
                     lease,
+                    read_lease,
                 ),
                 service::ServerLimits::from_config(&cfg),
                 server_tls,

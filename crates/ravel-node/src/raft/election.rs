@@ -130,7 +130,7 @@ async fn local(raft: &Raft) -> Option<Local> {
 
 /// The last entry of this replica's log (stored: an append still in flight
 /// may be missing, which only makes a candidate more modest).
-async fn last_log_id(log: &LogStore) -> Result<Option<LogId>, String> {
+pub(crate) async fn last_log_id(log: &LogStore) -> Result<Option<LogId>, String> {
     use openraft::storage::RaftLogStorage;
     let mut log = log.clone();
     log.get_log_state()

@@ -1,10 +1,11 @@
 //! The server side of Raft between replicas: feeds incoming RPCs to the
 //! local openraft instance.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::Fatal;
-use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest};
+use openraft::error::{Fatal, RaftError};
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::Snapshot;
 use ravel_consensus::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 use ravel_consensus::LogStore;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::election::{self, PreVoteRequest};
 use super::MAX_RAFT_MESSAGE_BYTES;
+use crate::lease::ReadLease;
 
 /// Serves `ravel.raft.v1.Raft` for one replica.
 #[derive(Clone)]
@@ -26,15 +28,24 @@ pub struct RaftService {
     chunk_timeout: Duration,
     /// openraft's leader lease (see `election.rs`).
     lease: Duration,
+    /// Gates vote requests (see `lease.rs`).
+    read_lease: Arc<ReadLease>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, log: LogStore, chunk_timeout: Duration, lease: Duration) -> Self {
+    pub fn new(
+        raft: Raft,
+        log: LogStore,
+        chunk_timeout: Duration,
+        lease: Duration,
+        read_lease: Arc<ReadLease>,
+    ) -> Self {
         Self {
             raft,
             log,
             chunk_timeout,
             lease,
+            read_lease,
         }
     }
 
@@ -60,6 +71,24 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
     }))
 }
 
+impl RaftService {
+    /// A refused vote, as openraft answers one refused by its own lease:
+    /// this replica's vote and last log id, not granted.
+    async fn refusal(&self) -> Result<Response<RaftMessage>, Status> {
+        let vote = self
+            .raft
+            .with_raft_state(|st| *st.vote_ref())
+            .await
+            .map_err(|e| Status::unavailable(format!("Raft stopped: {e}")))?;
+        let last = election::last_log_id(&self.log)
+            .await
+            .map_err(Status::internal)?;
+        reply(&Ok::<_, RaftError<NodeId>>(VoteResponse::new(
+            vote, last, false,
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(
@@ -72,6 +101,13 @@ impl RaftRpc for RaftService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<NodeId> = decode(request.get_ref())?;
+        let _voting = match self.read_lease.admit_vote(tokio::time::Instant::now()) {
+            Ok(voting) => voting,
+            Err(why) => {
+                tracing::info!(vote = %rpc.vote, reason = %why, "vote refused");
+                return self.refusal().await;
+            }
+        };
         reply(&self.raft.vote(rpc).await)
     }
 
