@@ -71,14 +71,32 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Metadata changes are written into the batch once, at
+    /// [`Applier::commit`], each key with its last value: a client session
+    /// changes its state with every request, and a batch of writes from
+    /// one session would otherwise put one version per request into the
+    /// memtable and the WAL.
     pub(crate) fn put_meta(&mut self, key: String, value: Vec<u8>) {
-        self.batch.put_meta(&key, &value);
         self.meta.insert(key, Some(value));
     }
 
     pub(crate) fn delete_meta(&mut self, key: String) {
-        self.batch.delete_meta(&key);
         self.meta.insert(key, None);
+    }
+
+    /// Writes the batch (data and the metadata's final values) atomically.
+    pub(crate) fn commit(self) -> ravel_storage::Result<()> {
+        self.into_batch().commit()
+    }
+
+    fn into_batch(mut self) -> ApplyBatch<'a> {
+        for (key, value) in &self.meta {
+            match value {
+                Some(v) => self.batch.put_meta(key, v),
+                None => self.batch.delete_meta(key),
+            }
+        }
+        self.batch
     }
 
     /// Metadata keys starting with `prefix`, as this batch sees them.
@@ -168,5 +186,38 @@ impl<'a> Applier<'a> {
                 CommandResult::Done
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::RequestId;
+
+    #[test]
+    fn a_sessions_state_is_written_once_per_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path().join("db")).unwrap();
+        let mut a = Applier::new(&engine);
+        let n = 20u64;
+        for seq in 1..=n {
+            let once = Command::Once {
+                id: RequestId {
+                    session: 7,
+                    seq,
+                    acked_below: 0,
+                },
+                at_ms: 1_000 + seq,
+                cmd: Box::new(Command::Set {
+                    key: format!("k{seq}").into_bytes(),
+                    value: b"v".to_vec(),
+                }),
+            };
+            assert_eq!(a.execute(once).unwrap(), CommandResult::Done);
+        }
+        // One put per data key and per recorded result; the session's
+        // state and the log clock once each, though every request changed
+        // them.
+        assert_eq!(a.into_batch().len(), (2 * n + 2) as usize);
     }
 }

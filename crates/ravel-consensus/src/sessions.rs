@@ -89,16 +89,31 @@ impl Sessions {
             return Ok(CommandResult::Stale);
         }
         let rkey = result_key(id.session, id.seq);
-        let result = match a.meta(&rkey)? {
-            // A retry of a request that already took effect.
-            Some(raw) => decode(&raw)?,
-            None if state.outstanding.len() >= MAX_OUTSTANDING => CommandResult::Stale,
-            None => {
-                let r = a.execute(cmd)?;
-                a.put_meta(rkey, encode(&r)?);
-                state.outstanding.push(id.seq);
-                r
+        // A result is recorded exactly for the outstanding sequence numbers,
+        // so only a retry reads one: a new request skips that lookup of an
+        // absent key.
+        let result = if state.outstanding.contains(&id.seq) {
+            match a.meta(&rkey)? {
+                // A retry of a request that already took effect.
+                Some(raw) => decode(&raw)?,
+                None => {
+                    // Never happens. Not applying it again keeps it at
+                    // most once.
+                    tracing::warn!(
+                        session = id.session,
+                        seq = id.seq,
+                        "an outstanding request has no recorded result; refused as stale"
+                    );
+                    CommandResult::Stale
+                }
             }
+        } else if state.outstanding.len() >= MAX_OUTSTANDING {
+            CommandResult::Stale
+        } else {
+            let r = a.execute(cmd)?;
+            a.put_meta(rkey, encode(&r)?);
+            state.outstanding.push(id.seq);
+            r
         };
         if id.acked_below > state.acked_below {
             state.acked_below = id.acked_below;

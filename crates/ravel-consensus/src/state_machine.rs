@@ -144,7 +144,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 );
             }
             crate::failpoints::hit("apply", self.engine.path()).map_err(sm_write_err)?;
-            applier.batch.commit().map_err(sm_write_err)?;
+            applier.commit().map_err(sm_write_err)?;
             if let Some(recent) = &self.recent {
                 recent.forget_upto(last.index);
             }
