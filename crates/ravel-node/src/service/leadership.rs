@@ -35,6 +35,14 @@ pub(super) enum Unconfirmed {
     Unavailable(Status),
 }
 
+fn unconfirmed(c: Confirmation) -> Result<bool, Unconfirmed> {
+    match c {
+        Confirmation::Confirmed { lease } => Ok(lease),
+        Confirmation::NotLeader => Err(Unconfirmed::NotLeader),
+        Confirmation::Unavailable(why) => Err(Unconfirmed::Unavailable(Status::unavailable(why))),
+    }
+}
+
 /// Who leads according to `m`, as seen by node `me`: a leader that can
 /// serve (this node, in the `Leader` state) or be forwarded to (another
 /// member with an address). A leader Raft still names but that cannot be
@@ -99,15 +107,40 @@ impl NodeState {
     /// its state machine has applied everything committed before the
     /// confirmation (Raft's read index). Every linearizable answer (`get`,
     /// `IsLeader`, partition listings) goes through here.
-    pub(super) async fn confirm_leadership(&self, deadline: Instant) -> Result<(), Unconfirmed> {
+    ///
+    /// Under the leader's read lease this returns at once; `Ok(true)` then
+    /// says so, and a read must check `read_index.lease_holds()` after
+    /// reading (see [`NodeState::read_linearizable`]).
+    pub(super) async fn confirm_leadership(&self, deadline: Instant) -> Result<bool, Unconfirmed> {
         // Shared with every read waiting at the same time (read_index.rs).
-        match self.read_index.confirm(deadline).await {
-            Confirmation::Confirmed => Ok(()),
-            Confirmation::NotLeader => Err(Unconfirmed::NotLeader),
-            Confirmation::Unavailable(why) => {
-                Err(Unconfirmed::Unavailable(Status::unavailable(why)))
+        unconfirmed(self.read_index.confirm(deadline).await)
+    }
+
+    /// As [`Self::confirm_leadership`], always by a round with a quorum
+    /// (for reads that take long: listings, backups).
+    pub(super) async fn confirm_leadership_by_round(
+        &self,
+        deadline: Instant,
+    ) -> Result<(), Unconfirmed> {
+        unconfirmed(self.read_index.confirm_by_round(deadline).await).map(|_| ())
+    }
+
+    /// Runs `read` at a linearizable point: after a confirmation, and, if
+    /// a lease confirmed it, with the lease still holding once `read`
+    /// returned; otherwise confirms by a round and reads again.
+    pub(super) async fn read_linearizable<T>(
+        &self,
+        deadline: Instant,
+        read: impl Fn() -> T,
+    ) -> Result<T, Unconfirmed> {
+        if self.confirm_leadership(deadline).await? {
+            let value = read();
+            if self.read_index.lease_holds() {
+                return Ok(value);
             }
         }
+        self.confirm_leadership_by_round(deadline).await?;
+        Ok(read())
     }
 
     /// The Ravel-specific RPCs are served by the leader only; callers (the

@@ -170,12 +170,12 @@ async fn run_local(
 ) -> Result<RunResponse, LocalError> {
     match op {
         Op::Get(key) => {
-            match s.confirm_leadership(deadline).await {
+            let read = match s.read_linearizable(deadline, || s.engine.get(&key)).await {
                 Err(Unconfirmed::NotLeader) => return Err(LocalError::NotLeader),
                 Err(Unconfirmed::Unavailable(st)) => return Err(LocalError::Status(st)),
-                Ok(()) => {}
-            }
-            match s.engine.get(&key) {
+                Ok(read) => read,
+            };
+            match read {
                 Ok(Some(value)) => Ok(ok_response(value)),
                 Ok(None) => Err(LocalError::Status(Status::not_found("key not found"))),
                 Err(e) => Err(LocalError::Status(Status::internal(e.to_string()))),
