@@ -339,3 +339,77 @@ async fn a_leader_holding_a_read_lease_refuses_votes() {
     );
     sys.shutdown().await;
 }
+
+/// A leader that stalls after its read lease confirmed a read, for longer
+/// than the lease, must not then answer from its state machine: a rival may
+/// have been elected and acknowledged writes meanwhile. The read checks
+/// the lease again after reading and falls back to a round, which a
+/// deposed leader cannot win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stalled_past_the_lease_does_not_answer_stale() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let old = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let old_id = sys.nodes[old].id;
+    sys.run(old, "set", b"k", b"old").await.unwrap();
+    sys.run(old, "get", b"k", b"").await.unwrap();
+    let old_term = sys.nodes[old].node().raft().metrics().borrow().current_term;
+
+    // The next read of k on the leader stalls 3 s after its confirmation.
+    sys.faults.stall_read(old_id, b"k", Duration::from_secs(3));
+    let stalled = {
+        let mut client = sys.client(old).await;
+        tokio::spawn(async move {
+            let mut req = tonic::Request::new(ravel_proto::node::Command {
+                operation: "get".into(),
+                key: b"k".to_vec(),
+                value: Vec::new(),
+            });
+            req.set_timeout(Duration::from_secs(8));
+            client.run(req).await
+        })
+    };
+    wait_for(
+        Duration::from_secs(5),
+        "the read to be confirmed and stall",
+        || {
+            let pending = sys.faults.read_stall_pending(old_id, b"k");
+            async move { (!pending).then_some(()) }
+        },
+    )
+    .await;
+
+    // Meanwhile the leader is cut off, a new one elected, and k rewritten.
+    sys.partition(&[old]);
+    let others: Vec<usize> = sys
+        .members(&cluster)
+        .into_iter()
+        .filter(|&i| i != old)
+        .collect();
+    let new = wait_for(Duration::from_secs(10), "a new leader", || {
+        let found = others.iter().copied().find(|&i| {
+            let m = sys.nodes[i].node().raft().metrics().borrow().clone();
+            m.current_leader == Some(m.id) && m.current_term > old_term
+        });
+        async move { found }
+    })
+    .await;
+    sys.run(new, "set", b"k", b"new")
+        .await
+        .expect("write in the majority");
+    assert!(
+        !stalled.is_finished(),
+        "the stalled read ended before the rival's write: the test proves nothing"
+    );
+
+    match stalled.await.expect("read task") {
+        Ok(r) => assert_ne!(r.get_ref().data, b"old", "stale read after a stall"),
+        Err(status) => println!(
+            "the stalled read was refused: {:?} {}",
+            status.code(),
+            status.message()
+        ),
+    }
+    sys.heal();
+    sys.shutdown().await;
+}

@@ -20,6 +20,9 @@ mod imp {
         pub lost_answers: HashMap<(u64, Vec<u8>), Duration>,
         /// Nodes that answer the move-batch calls UNIMPLEMENTED.
         pub without_move_batches: HashSet<u64>,
+        /// (node, key): reads to stall, once, this long between their
+        /// confirmation and the read of the state machine.
+        pub stalled_reads: HashMap<(u64, Vec<u8>), Duration>,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -72,6 +75,36 @@ impl Faults {
         {
             let _ = (node, key);
             None
+        }
+    }
+
+    /// If a test asked node `node` to stall its next read of `key`: how
+    /// long to wait between confirming the read and reading (once).
+    pub fn take_read_stall(&self, node: u64, key: &[u8]) -> Option<std::time::Duration> {
+        #[cfg(feature = "fault-injection")]
+        {
+            let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+            s.stalled_reads.remove(&(node, key.to_vec()))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = (node, key);
+            None
+        }
+    }
+
+    /// Whether a stall asked for by [`Faults::stall_read`] has not been
+    /// taken yet.
+    pub fn read_stall_pending(&self, node: u64, key: &[u8]) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            s.stalled_reads.contains_key(&(node, key.to_vec()))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = (node, key);
+            false
         }
     }
 
@@ -145,6 +178,15 @@ impl Faults {
         });
     }
 
+    /// Node `node`'s next linearizable read of `key` waits `hold` between
+    /// its confirmation (a read lease, a round) and reading the state
+    /// machine: a process stalled at the worst moment.
+    pub fn stall_read(&self, node: u64, key: &[u8], hold: std::time::Duration) {
+        self.with(|s| {
+            s.stalled_reads.insert((node, key.to_vec()), hold);
+        });
+    }
+
     /// Node `node` answers the move-batch calls UNIMPLEMENTED, as a node
     /// of an older version would, until [`Faults::heal`].
     pub fn remove_move_batches(&self, node: u64) {
@@ -160,6 +202,7 @@ impl Faults {
             s.delay.clear();
             s.lost_answers.clear();
             s.without_move_batches.clear();
+            s.stalled_reads.clear();
         });
     }
 }

@@ -125,15 +125,20 @@ impl NodeState {
         unconfirmed(self.read_index.confirm_by_round(deadline).await).map(|_| ())
     }
 
-    /// Runs `read` at a linearizable point: after a confirmation, and, if
-    /// a lease confirmed it, with the lease still holding once `read`
-    /// returned; otherwise confirms by a round and reads again.
+    /// Runs `read` (of `key`) at a linearizable point: after a
+    /// confirmation, and, if a lease confirmed it, with the lease still
+    /// holding once `read` returned; otherwise confirms by a round and
+    /// reads again. (`key` only names the read for fault injection.)
     pub(super) async fn read_linearizable<T>(
         &self,
         deadline: Instant,
+        key: &[u8],
         read: impl Fn() -> T,
     ) -> Result<T, Unconfirmed> {
         if self.confirm_leadership(deadline).await? {
+            if let Some(hold) = self.faults.take_read_stall(self.id, key) {
+                tokio::time::sleep(hold).await;
+            }
             let value = read();
             if self.read_index.lease_holds() {
                 return Ok(value);

@@ -170,7 +170,10 @@ async fn run_local(
 ) -> Result<RunResponse, LocalError> {
     match op {
         Op::Get(key) => {
-            let read = match s.read_linearizable(deadline, || s.engine.get(&key)).await {
+            let read = match s
+                .read_linearizable(deadline, &key, || s.engine.get(&key))
+                .await
+            {
                 Err(Unconfirmed::NotLeader) => return Err(LocalError::NotLeader),
                 Err(Unconfirmed::Unavailable(st)) => return Err(LocalError::Status(st)),
                 Ok(read) => read,
