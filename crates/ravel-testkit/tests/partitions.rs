@@ -59,6 +59,29 @@ async fn a_follower_with_a_stale_contact_reading_still_forwards() {
     sys.shutdown().await;
 }
 
+/// Cuts leader `old` (of `old_term`) off from the rest and waits for a new
+/// leader among them; returns it.
+async fn cut_off_leader(sys: &TestSystem, cluster: &str, old: usize, old_term: u64) -> usize {
+    sys.partition(&[old]);
+    let others: Vec<usize> = sys
+        .members(cluster)
+        .into_iter()
+        .filter(|&i| i != old)
+        .collect();
+    wait_for(
+        Duration::from_secs(10),
+        "a new leader in the majority",
+        || {
+            let found = others.iter().copied().find(|&i| {
+                let m = sys.nodes[i].node().raft().metrics().borrow().clone();
+                m.current_leader == Some(m.id) && m.current_term > old_term
+            });
+            async move { found }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deposed_leader_serves_no_stale_read_and_commits_nothing() {
     let sys = TestSystem::start(1, 3).await;
@@ -71,24 +94,7 @@ async fn deposed_leader_serves_no_stale_read_and_commits_nothing() {
     sys.run(old, "get", b"k", b"").await.unwrap();
     let old_term = sys.nodes[old].node().raft().metrics().borrow().current_term;
 
-    sys.partition(&[old]);
-    let others: Vec<usize> = sys
-        .members(&cluster)
-        .into_iter()
-        .filter(|&i| i != old)
-        .collect();
-    let new = wait_for(
-        Duration::from_secs(10),
-        "a new leader in the majority",
-        || {
-            let found = others.iter().copied().find(|&i| {
-                let m = sys.nodes[i].node().raft().metrics().borrow().clone();
-                m.current_leader == Some(m.id) && m.current_term > old_term
-            });
-            async move { found }
-        },
-    )
-    .await;
+    let new = cut_off_leader(&sys, &cluster, old, old_term).await;
     sys.run(new, "set", b"k", b"new")
         .await
         .expect("write in the majority");
@@ -380,20 +386,7 @@ async fn a_read_stalled_past_the_lease_does_not_answer_stale() {
     .await;
 
     // Meanwhile the leader is cut off, a new one elected, and k rewritten.
-    sys.partition(&[old]);
-    let others: Vec<usize> = sys
-        .members(&cluster)
-        .into_iter()
-        .filter(|&i| i != old)
-        .collect();
-    let new = wait_for(Duration::from_secs(10), "a new leader", || {
-        let found = others.iter().copied().find(|&i| {
-            let m = sys.nodes[i].node().raft().metrics().borrow().clone();
-            m.current_leader == Some(m.id) && m.current_term > old_term
-        });
-        async move { found }
-    })
-    .await;
+    let new = cut_off_leader(&sys, &cluster, old, old_term).await;
     sys.run(new, "set", b"k", b"new")
         .await
         .expect("write in the majority");
