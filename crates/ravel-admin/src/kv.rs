@@ -105,7 +105,8 @@ impl AdminState {
     /// While the key's partition moves and the mover has not passed the
     /// key yet (the route names a previous owner), the new and the
     /// previous owner are asked at once (the latency of one read, not
-    /// two): the new owner's answer wins if it has the key. If only the previous owner has it,
+    /// two): the new owner's answer wins if it has the key. If only the
+    /// previous owner has it,
     /// that value was the key's at the moment it was read: the new owner
     /// only gains keys during a move (copies, writes, tombstones; sweeps
     /// wait for the move's end, which this request's gate holds off), so

@@ -87,13 +87,12 @@ struct State {
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
-    /// Reads are served until here: the round's start plus `duration`.
-    until: Instant,
-    /// Votes are refused until here: the round's start plus openraft's
-    /// lease, as long as the followers that acknowledged it refuse them.
-    /// Later than `until`, so that a read checked just before `until` and
-    /// served just after it still has no rival.
-    refuse_votes_until: Instant,
+    /// When the confirming round started. Reads are served until `at +
+    /// duration`; votes are refused until `at` plus openraft's lease, as
+    /// long as the followers that acknowledged the round refuse them: later
+    /// than the reads, so that a read checked just before its lease ends
+    /// and served just after still has no rival.
+    at: Instant,
     epoch: Epoch,
 }
 
@@ -167,19 +166,17 @@ impl ReadLease {
     /// vote was being handled when the round started or was let through
     /// since (this leader may have voted for someone else meanwhile).
     pub fn round_confirmed(&self, start: RoundStart, epoch: Epoch) {
-        let Some(duration) = self.duration else {
+        if self.duration.is_none() {
             return;
-        };
+        }
         let mut st = self.state();
         if st.votes_admitted != start.votes_admitted || start.votes_in_flight > 0 {
             st.held = None;
             return;
         }
-        let until = start.at + duration;
-        if st.held.is_none_or(|h| h.epoch != epoch || h.until < until) {
+        if st.held.is_none_or(|h| h.epoch != epoch || h.at < start.at) {
             st.held = Some(Held {
-                until,
-                refuse_votes_until: start.at + self.quiet_after_start,
+                at: start.at,
                 epoch,
             });
         }
@@ -192,8 +189,8 @@ impl ReadLease {
             return LeaseCheck::None;
         };
         match self.state().held {
-            Some(h) if h.epoch == epoch && now < h.until => LeaseCheck::Held {
-                renew: h.until.saturating_duration_since(now) < duration / 2,
+            Some(h) if h.epoch == epoch && now < h.at + duration => LeaseCheck::Held {
+                renew: (h.at + duration).saturating_duration_since(now) < duration / 2,
             },
             _ => LeaseCheck::None,
         }
@@ -212,9 +209,7 @@ impl ReadLease {
         st.held = None;
         Ok(VoteInFlight(self))
     }
-}
 
-impl ReadLease {
     /// Whether a vote arriving `now` would be refused, and why; changes
     /// nothing (pre-votes ask it: a replica that would refuse the real
     /// vote refuses the pre-vote too, so no candidate raises its term for
@@ -233,12 +228,10 @@ impl ReadLease {
             ));
         }
         if let Some(h) = st.held {
-            if now < h.refuse_votes_until {
+            if now < h.at + self.quiet_after_start {
                 return Err(format!(
                     "this replica leads and its read lease was confirmed {} ms ago",
-                    (now + self.quiet_after_start)
-                        .saturating_duration_since(h.refuse_votes_until)
-                        .as_millis()
+                    now.saturating_duration_since(h.at).as_millis()
                 ));
             }
         }

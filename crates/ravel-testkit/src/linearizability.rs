@@ -34,9 +34,9 @@ use crate::history::{Op, Operation, Outcome, Output};
 /// them) can need millions: one chaos seed in about 170 gave up at 5
 /// million (415 unknown outcomes over its five keys), and one of 50 at 20
 /// million, before `check_key` first tried without the open writes nobody
-/// read (that seed's two keys are then decided in 16 and 25 ms). Each pair costs a
-/// bitset of the key's operations (~200 bytes for 1,400 operations), so
-/// this bounds the search at a few GB.
+/// read (that seed's two keys are then decided in 16 and 25 ms). Each pair
+/// costs a bitset of the key's operations (~200 bytes for 1,400
+/// operations), so this bounds the search at a few GB.
 const SEARCH_BUDGET: usize = 20_000_000;
 
 /// A key whose history cannot be linearized.
