@@ -8,21 +8,28 @@
 //!    admin gave up on that are still queued or on the wire). Every write
 //!    that got in before the fence is seen by the listing that follows.
 //! 2. **Copy, page by page**: each key to the new owner only if absent
-//!    there (`SetIfAbsent`), then delete it from the old owner only if it
-//!    still holds the copied value (`DeleteIfEqual`). Both go in batches of
-//!    about a MiB, one log entry each (`SetIfAbsentBatch`,
-//!    `DeleteIfEqualBatch`), and the next page is listed while the current
-//!    one is written. A key present on the destination
-//!    is newer by construction: the destination held nothing of these
-//!    partitions when the move was planned (old owners are fenced, and the
-//!    tombstones of earlier moves are swept before a new plan), so anything
-//!    there was written during this move. Both steps are idempotent, so a
-//!    move interrupted anywhere (admin killed) resumes from the persisted
-//!    cursor without loss or resurrection.
-//! 3. **End the move and record its sweep** in one registry update: the
+//!    there (`SetIfAbsent`), in batches of about a MiB, one log entry each
+//!    (`SetIfAbsentBatch`); the next page is listed while the current one
+//!    is written. A key present on the destination is newer by
+//!    construction: the destination held nothing of these partitions when
+//!    the move was planned (old owners are fenced, and the tombstones of
+//!    earlier moves are swept before a new plan), so anything there was
+//!    written during this move. Copies are idempotent, so a move
+//!    interrupted anywhere (admin killed) resumes from the persisted cursor
+//!    without loss or resurrection.
+//! 3. **Remove the partitions from the old owner** once every page is
+//!    copied: one `DeletePartitions` (a range delete per partition on the
+//!    node's storage). Nothing is lost: fenced, the old owner takes no
+//!    write routed by the old ring, and the new ring sends it only deletes
+//!    of these partitions (a user's delete of a key not yet passed), so
+//!    every key it still holds was there when the listing passed it, and
+//!    was copied. A node without that call (an older version) gets each
+//!    listed key deleted if it still holds the listed value
+//!    (`DeleteIfEqualBatch`), as before.
+//! 4. **End the move and record its sweep** in one registry update: the
 //!    partitions stop "moving"; the destination's tombstones (deletes made
 //!    during the move) are listed as to be swept.
-//! 4. **Sweep**: fence the destination at the new generation (a tombstone
+//! 5. **Sweep**: fence the destination at the new generation (a tombstone
 //!    write still in flight from the move cannot land after the sweep), then
 //!    remove its tombstones, then drop the sweep from the registry. A
 //!    relocation finishes only once every sweep is done.
@@ -34,7 +41,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ravel_proto::ext::ravel_node_ext_client::RavelNodeExtClient;
-use ravel_proto::ext::{FenceRequest, KeyValue, KeyValueBatch, ListPartitionsRequest};
+use ravel_proto::ext::{
+    DeletePartitionsRequest, FenceRequest, KeyValue, KeyValueBatch, ListPartitionsRequest,
+};
 use ravel_proto::limits::{MOVE_BATCH_BYTES, MOVE_BATCH_ENTRIES};
 use ravel_transport::retry::Attempts;
 use tokio::time::Instant;
@@ -188,13 +197,12 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             let after = Some(page.last_key.clone());
             list(router, &from, count, &partitions, after)
         });
-        let (moved, next) =
-            tokio::join!(move_page(admin, &pacer, &from, &to, &page.entries), async {
-                match next {
-                    Some(listing) => Some(listing.await),
-                    None => None,
-                }
-            });
+        let (moved, next) = tokio::join!(copy_page(admin, &pacer, &to, &page.entries), async {
+            match next {
+                Some(listing) => Some(listing.await),
+                None => None,
+            }
+        });
         moved?;
         let moved = page.entries.len() as u64;
         admin.metrics.keys_moved(moved);
@@ -213,6 +221,9 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
             Some(next) => listing = next?,
         }
     }
+    // Every key is copied: the old owner's copies go.
+    remove_moved(admin, &from, count, &partitions).await?;
+    admin.holds.point("mover.after_removal").await;
     // The pair is done: its partitions are served by the destination
     // alone, and its tombstones are to be swept (recorded in the same
     // update, so a restart cannot forget them).
@@ -252,7 +263,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
 }
 
 /// Fences `cluster` at the current ring generation (see the module's
-/// step 1 and 4). Idempotent.
+/// steps 1 and 5). Idempotent.
 async fn fence(admin: &AdminState, cluster: &str) -> Result<(), String> {
     let epoch = admin.registry.snapshot().ring.generation;
     let ticket = admin.session.begin();
@@ -268,12 +279,15 @@ async fn fence(admin: &AdminState, cluster: &str) -> Result<(), String> {
         .map_err(step_err)
 }
 
-/// Step 4: fences the destination, removes its tombstones in the sweep's
+/// Step 5: fences the destination, removes its tombstones in the sweep's
 /// partitions, then drops the sweep from the registry.
 async fn run_sweep(admin: &AdminState, id: u64, sweep: &Sweep) -> Result<(), String> {
     fence(admin, &sweep.cluster).await?;
     let count = admin.router.ring().partitions;
-    remove_tombstones(admin, &sweep.cluster, count, &sweep.partitions).await?;
+    remove_listed(admin, &sweep.cluster, count, &sweep.partitions, |e| {
+        e.value == TOMBSTONE
+    })
+    .await?;
     admin
         .registry
         .update(|s| {
@@ -358,20 +372,19 @@ enum Conditional {
     DeleteIfEqual,
 }
 
-/// Step 2 for one page: in batches, each copied to `to` if absent there,
-/// then deleted from `from` if it still holds the copied value.
-async fn move_page(
+/// Step 2 for one page: in batches, each copied to `to` if absent there.
+async fn copy_page(
     admin: &AdminState,
     pacer: &Pacer,
-    from: &str,
     to: &str,
     entries: &[KeyValue],
 ) -> Result<(), String> {
-    let moves = batches(entries).into_iter().map(|batch| async move {
+    // A tombstone on the source is a leftover of an older admin (sweeps
+    // are persisted now): it means "absent"; it is not copied.
+    let copies: Vec<&[KeyValue]> = batches(entries);
+    let moves = copies.into_iter().map(|batch| async move {
         pacer.admit(batch_bytes(batch)).await;
         let deadline = Instant::now() + STEP_TIMEOUT;
-        // A tombstone on the source is a leftover of an older admin
-        // (sweeps are persisted now): it means "absent"; drop it.
         // Copied only when there is one to drop (the request copies the
         // batch anyway).
         let copies: Cow<[KeyValue]> = if batch.iter().any(|e| e.value == TOMBSTONE) {
@@ -385,15 +398,44 @@ async fn move_page(
         } else {
             Cow::Borrowed(batch)
         };
-        if !copies.is_empty() {
-            conditional_batch(admin, Conditional::SetIfAbsent, to, &copies, deadline).await?;
+        if copies.is_empty() {
+            return Ok(());
         }
-        conditional_batch(admin, Conditional::DeleteIfEqual, from, batch, deadline).await
+        conditional_batch(admin, Conditional::SetIfAbsent, to, &copies, deadline)
+            .await
+            .map(drop)
     });
-    join_all(moves)
-        .await
-        .into_iter()
-        .try_for_each(|r| r.map(drop))
+    join_all(moves).await.into_iter().collect()
+}
+
+/// Step 3: removes the pair's partitions from `from`, whose every key has
+/// been copied (see the module's docs for why nothing is lost): one
+/// `DeletePartitions`, or on a node without it, each listed key deleted if
+/// it still holds the listed value.
+async fn remove_moved(
+    admin: &AdminState,
+    from: &str,
+    count: u32,
+    partitions: &[u32],
+) -> Result<(), String> {
+    let answer = mover_write(
+        admin,
+        from,
+        Instant::now() + STEP_TIMEOUT,
+        || DeletePartitionsRequest {
+            partition_count: count,
+            partitions: partitions.to_vec(),
+        },
+        |mut client, req| async move { client.delete_partitions(req).await.map(drop) },
+    )
+    .await;
+    match answer {
+        Ok(()) => Ok(()),
+        Err(CallError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
+            remove_listed(admin, from, count, partitions, |_| true).await
+        }
+        Err(e) => Err(step_err(e)),
+    }
 }
 
 /// Paces the mover to a rate (`relocation_mib_per_s`): each batch starts
@@ -556,22 +598,21 @@ where
         .await
 }
 
-async fn remove_tombstones(
+/// Deletes from `cluster` each entry of `partitions` that `which` picks,
+/// if it still holds the listed value, page by page.
+async fn remove_listed(
     admin: &AdminState,
     cluster: &str,
     count: u32,
     partitions: &[u32],
+    which: impl Fn(&KeyValue) -> bool,
 ) -> Result<(), String> {
     let mut cursor = None;
     loop {
         let page = list(&admin.router, cluster, count, partitions, cursor).await?;
         let deadline = Instant::now() + STEP_TIMEOUT;
-        let tombstones: Vec<KeyValue> = page
-            .entries
-            .into_iter()
-            .filter(|e| e.value == TOMBSTONE)
-            .collect();
-        let removals = batches(&tombstones).into_iter().map(|batch| {
+        let picked: Vec<KeyValue> = page.entries.into_iter().filter(|e| which(e)).collect();
+        let removals = batches(&picked).into_iter().map(|batch| {
             conditional_batch(admin, Conditional::DeleteIfEqual, cluster, batch, deadline)
         });
         for r in join_all(removals).await {

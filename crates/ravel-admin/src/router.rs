@@ -131,10 +131,11 @@ impl Router {
     ///
     /// A key of a moving partition that the mover has already passed (at
     /// or before its persisted cursor) is served by the new owner alone:
-    /// the mover copied it there, if the old owner held it, and deleted it
-    /// from the old owner before the cursor was saved, and the old owner is
-    /// fenced, so it cannot have gained the key since. Such a read costs one
-    /// cluster, not two.
+    /// the mover copied it there, if the old owner held it, before the
+    /// cursor was saved, and the old owner is fenced, so it cannot have
+    /// gained the key since. What the old owner still holds of it is read
+    /// by no one, and removed when the pair's move ends. Such a read costs
+    /// one cluster, not two.
     pub fn route(&self, key: &[u8]) -> Option<Route> {
         let state = self.registry.snapshot();
         let t = self.table(&state);

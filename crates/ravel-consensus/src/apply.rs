@@ -63,6 +63,34 @@ impl<'a> Applier<'a> {
         self.data.insert(key, None);
     }
 
+    /// Deletes every key of `partitions` of a `count`-partition ring: those
+    /// in the database (by the storage layer), and those this batch wrote
+    /// (not in the database yet), so the outcome does not depend on how
+    /// entries were grouped into apply calls.
+    fn delete_partitions(
+        &mut self,
+        count: u32,
+        partitions: &[u32],
+    ) -> Result<(), RaftStorageError> {
+        if count == 0 {
+            return Ok(()); // refused by the node before proposing; no partitions
+        }
+        self.batch
+            .delete_partitions(count, partitions)
+            .map_err(read_err)?;
+        let wanted: std::collections::HashSet<u32> = partitions.iter().copied().collect();
+        let written: Vec<Vec<u8>> = self
+            .data
+            .keys()
+            .filter(|k| wanted.contains(&ravel_proto::partition_of(k, count)))
+            .cloned()
+            .collect();
+        for key in written {
+            self.delete(key);
+        }
+        Ok(())
+    }
+
     /// A metadata value as this batch sees it.
     pub(crate) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, RaftStorageError> {
         match self.meta.get(key) {
@@ -163,6 +191,10 @@ impl<'a> Applier<'a> {
                     self.delete(key);
                 }
                 CommandResult::Applied(equal)
+            }
+            Command::DeletePartitions { count, partitions } => {
+                self.delete_partitions(count, &partitions)?;
+                CommandResult::Done
             }
             Command::Batch(cmds) => CommandResult::Batch(
                 cmds.into_iter()

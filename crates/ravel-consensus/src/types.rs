@@ -101,6 +101,13 @@ pub enum Command {
         key: Vec<u8>,
         digest: ValueDigest,
     },
+    /// Remove every key of the given partitions of a `count`-partition
+    /// ring (`ravel_proto::partition_of`): what a relocation removes a
+    /// moved partition from its fenced old owner with, once all of it is
+    /// copied. One range delete per partition when `count` is the stored
+    /// layout's (`ravel_storage::LAYOUT_PARTITIONS`). Appended last (see
+    /// above).
+    DeletePartitions { count: u32, partitions: Vec<u32> },
 }
 
 /// SHA-256 of a value. A collision would let a relocation delete a value

@@ -165,6 +165,24 @@ fn delete_if_digest_command() {
     pin("delete-if-digest entry", &entry, DELETE_IF_DIGEST_ENTRY);
 }
 
+/// The relocation's removal of whole partitions (added after the delete
+/// by digest): the count, then the partitions as a u64 length and u32s.
+#[test]
+fn delete_partitions_command() {
+    let entry = Entry {
+        log_id: log_id(7, 49),
+        payload: EntryPayload::Normal(Command::DeletePartitions {
+            count: 271,
+            partitions: vec![3, 260],
+        }),
+    };
+    pin("delete-partitions entry", &entry, DELETE_PARTITIONS_ENTRY);
+}
+
+// Written by hand from the layout above: variant 10, count 271 (0x10f),
+// two partitions, 3 and 260 (0x104).
+const DELETE_PARTITIONS_ENTRY: &str =
+    "01070000000000000001000000000000003100000000000000010000000a0000000f01000002000000000000000300000004010000";
 // SHA-256("3") = 4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce.
 const DELETE_IF_DIGEST_ENTRY: &str =
     "0107000000000000000100000000000000300000000000000001000000090000000100000000000000654e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce";

@@ -86,6 +86,7 @@ fn command_bytes(cmd: &Command) -> usize {
         Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
         Command::Once { cmd, .. } | Command::Fenced { cmd, .. } => command_bytes(cmd),
         Command::Fence { .. } => 8,
+        Command::DeletePartitions { partitions, .. } => 4 + 4 * partitions.len(),
     }
 }
 

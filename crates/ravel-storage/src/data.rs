@@ -2,10 +2,13 @@
 //! state-machine metadata (last applied log id, membership) that must change
 //! together with it.
 
+use std::collections::HashSet;
+
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::engine::{Engine, CF_DATA, CF_SM_META};
 use crate::error::Result;
+use crate::layout::{self, LAYOUT_PARTITIONS};
 
 /// The writes of one `apply` call: data changes plus state-machine metadata,
 /// committed to RocksDB as a single atomic `WriteBatch`.
@@ -16,11 +19,38 @@ pub struct ApplyBatch<'a> {
 
 impl ApplyBatch<'_> {
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.put_cf(self.engine.cf(CF_DATA), key, value);
+        self.batch
+            .put_cf(self.engine.cf(CF_DATA), layout::encode(key), value);
     }
 
     pub fn delete(&mut self, key: &[u8]) {
-        self.batch.delete_cf(self.engine.cf(CF_DATA), key);
+        self.batch
+            .delete_cf(self.engine.cf(CF_DATA), layout::encode(key));
+    }
+
+    /// Deletes every key of the given partitions of a `count`-partition
+    /// ring. With the layout's count, one range delete per partition (see
+    /// `layout.rs`); with another, a delete per key found in the database.
+    /// That search reads the database, not this batch: a caller that put
+    /// keys of these partitions earlier in the batch commits it first.
+    pub fn delete_partitions(&mut self, count: u32, partitions: &[u32]) -> Result<()> {
+        let cf = self.engine.cf(CF_DATA);
+        if count == LAYOUT_PARTITIONS {
+            for p in layout::layout_partitions_for(count, partitions) {
+                let (lo, hi) = layout::partition_range(p);
+                self.batch.delete_range_cf(cf, lo, hi);
+            }
+            return Ok(());
+        }
+        let wanted: HashSet<u32> = partitions.iter().copied().collect();
+        for item in self.engine.db().iterator_cf(cf, IteratorMode::Start) {
+            let (stored, _) = item.map_err(|e| self.engine.rocks_err(e))?;
+            let key = self.engine.user_key(&stored)?;
+            if wanted.contains(&ravel_proto::partition_of(key, count)) {
+                self.batch.delete_cf(cf, &stored);
+            }
+        }
+        Ok(())
     }
 
     pub fn put_meta(&mut self, key: &str, value: &[u8]) {
@@ -64,7 +94,7 @@ impl Engine {
 
     /// Reads a user key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.get_cf(CF_DATA, key)
+        self.get_cf(CF_DATA, &layout::encode(key))
     }
 
     /// Reads a state-machine metadata value.
@@ -92,20 +122,49 @@ impl Engine {
     /// Up to `limit` user entries with keys `>= start`, in key order, for
     /// paging through the data.
     pub fn scan(&self, start: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let iter = self.db().iterator_cf(
-            self.cf(CF_DATA),
-            IteratorMode::From(start, Direction::Forward),
-        );
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in iter.take(limit) {
-            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
-            out.push((k.into_vec(), v.into_vec()));
+        if limit > 0 {
+            self.scan_merged(None, start, false, rocksdb::ReadOptions::default, |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                out.len() < limit
+            })?;
         }
         Ok(out)
     }
 
+    /// Visits user entries in key order, after `after` (exclusive; from
+    /// the first when `None`), until `visit` returns false: those of the
+    /// given partitions of a `count`-partition ring with `wanted` true, and
+    /// where the layout cannot tell them apart (another count), those of
+    /// other partitions with `wanted` false (their number bounds the work
+    /// of a call). Returns whether the entries ran out.
+    pub fn scan_partitions(
+        &self,
+        count: u32,
+        partitions: &[u32],
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8], bool) -> bool,
+    ) -> Result<bool> {
+        let wanted: HashSet<u32> = partitions.iter().copied().collect();
+        let layout_parts = layout::layout_partitions_for(count, partitions);
+        let exact = count == LAYOUT_PARTITIONS;
+        self.scan_merged(
+            Some(&layout_parts),
+            after.unwrap_or_default(),
+            after.is_some(),
+            rocksdb::ReadOptions::default,
+            |k, v| {
+                visit(
+                    k,
+                    v,
+                    exact || wanted.contains(&ravel_proto::partition_of(k, count)),
+                )
+            },
+        )
+    }
+
     /// Every user entry as of one point in time (a RocksDB snapshot taken
-    /// on the call), in key order, handed to `page` in pages of about
+    /// on the call), in stored order (by layout partition, then key), handed to `page` in pages of about
     /// `page_bytes` of keys and values. Stops early, without error, when
     /// `page` returns false (its reader went away). Returns the number of
     /// entries handed over. Blocking: call it off the async runtime.
@@ -125,8 +184,9 @@ impl Engine {
         let (mut entries, mut bytes, mut total) = (Vec::new(), 0usize, 0u64);
         for item in iter {
             let (k, v) = item.map_err(|e| self.rocks_err(e))?;
+            let k = self.user_key(&k)?.to_vec();
             bytes += k.len() + v.len();
-            entries.push((k.into_vec(), v.into_vec()));
+            entries.push((k, v.into_vec()));
             if bytes >= page_bytes {
                 total += entries.len() as u64;
                 if !page(std::mem::take(&mut entries)) {
@@ -193,10 +253,12 @@ mod tests {
             .unwrap();
         assert_eq!(total, 100);
         assert!(pages.len() > 5, "pages of ~1000 bytes: {}", pages.len());
-        let keys: Vec<Vec<u8>> = pages.into_iter().flatten().map(|(k, _)| k).collect();
-        assert_eq!(keys.first().unwrap(), b"k000");
-        assert_eq!(keys.last().unwrap(), b"k099");
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "key order");
+        let mut keys: Vec<Vec<u8>> = pages.into_iter().flatten().map(|(k, _)| k).collect();
+        keys.sort();
+        let want: Vec<Vec<u8>> = (0..100u32)
+            .map(|i| format!("k{i:03}").into_bytes())
+            .collect();
+        assert_eq!(keys, want, "every key once, as of the export's start");
         // A reader that goes away stops the export.
         let mut seen = 0;
         let total = e.export_data(1000, |_| {
@@ -204,5 +266,85 @@ mod tests {
             false
         });
         assert_eq!((total.unwrap(), seen), (16, 1));
+    }
+
+    fn filled(n: u32) -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path().join("db")).unwrap();
+        let mut b = e.apply_batch();
+        for i in 0..n {
+            b.put(format!("key-{i:05}").as_bytes(), format!("v{i}").as_bytes());
+        }
+        b.commit().unwrap();
+        (dir, e)
+    }
+
+    #[test]
+    fn scans_come_in_user_key_order_across_partitions() {
+        let (_dir, e) = filled(3000);
+        let all = e.scan(b"", usize::MAX).unwrap();
+        assert_eq!(all.len(), 3000);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "key order");
+        let page = e.scan(b"key-01000", 5).unwrap();
+        let keys: Vec<&[u8]> = page.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys[0], b"key-01000");
+        assert_eq!(keys[4], b"key-01004");
+        assert_eq!(e.scan(b"", 0).unwrap(), vec![]);
+    }
+
+    /// A partition listing resumes after its cursor and sees each key of
+    /// the wanted partitions once, in key order, with the layout's count
+    /// (a range per partition) and with another (a filter).
+    #[test]
+    fn partition_scans_resume_after_their_cursor() {
+        let (_dir, e) = filled(3000);
+        for count in [crate::LAYOUT_PARTITIONS, 17] {
+            let wanted = [2u32, 5, 11];
+            let want: Vec<Vec<u8>> = (0..3000u32)
+                .map(|i| format!("key-{i:05}").into_bytes())
+                .filter(|k| wanted.contains(&ravel_proto::partition_of(k, count)))
+                .collect();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let mut page = Vec::new();
+                let done = e
+                    .scan_partitions(count, &wanted, cursor.as_deref(), |k, _, wanted| {
+                        if wanted {
+                            page.push(k.to_vec());
+                        }
+                        page.len() < 7
+                    })
+                    .unwrap();
+                cursor = page.last().cloned().or(cursor);
+                got.extend(page);
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "count {count}");
+        }
+    }
+
+    #[test]
+    fn deleting_partitions_removes_exactly_their_keys() {
+        for count in [crate::LAYOUT_PARTITIONS, 17] {
+            let (_dir, e) = filled(2000);
+            let gone = [1u32, 4, 9];
+            let mut b = e.apply_batch();
+            b.delete_partitions(count, &gone).unwrap();
+            b.commit().unwrap();
+            let left = e.scan(b"", usize::MAX).unwrap();
+            let want: Vec<Vec<u8>> = (0..2000u32)
+                .map(|i| format!("key-{i:05}").into_bytes())
+                .filter(|k| !gone.contains(&ravel_proto::partition_of(k, count)))
+                .collect();
+            assert!(want.len() < 2000 && !want.is_empty(), "{}", want.len());
+            let left: Vec<Vec<u8>> = left.into_iter().map(|(k, _)| k).collect();
+            assert_eq!(left, want, "count {count}");
+            for k in &want {
+                assert!(e.get(k).unwrap().is_some());
+            }
+        }
     }
 }

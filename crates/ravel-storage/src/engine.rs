@@ -13,13 +13,19 @@ use rocksdb::{
 
 use crate::error::{Result, StorageError};
 
-/// Version of the on-disk layout (column families, key encodings, snapshot
-/// stream). Bump it whenever a change makes old directories unreadable.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk layout (column families, key encodings). Bump it
+/// whenever a change makes old directories unreadable, and upgrade them on
+/// open ([`upgrade_v1`]).
+///
+/// - 1: user keys as they are, in the `data` column family.
+/// - 2: user keys behind their partition (`layout.rs`), in `kv`.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
-pub(crate) const CF_DATA: &str = "data";
+pub(crate) const CF_DATA: &str = "kv";
+/// Format 1's user data: read once by the upgrade, then dropped.
+const CF_DATA_V1: &str = "data";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 const ALL_CFS: [&str; 4] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SM_META];
 
@@ -245,15 +251,25 @@ impl Engine {
             });
         }
         let cache = Cache::new_lru_cache(budget.block_cache);
-        let cfs = ALL_CFS.iter().map(|name| {
+        // A format-1 directory still has `data` (and, if an upgrade was
+        // cut short, `kv`): open it too, and let RocksDB create `kv`.
+        let existing = DB::list_cf(&Options::default(), path).unwrap_or_default();
+        let legacy = existing.iter().any(|c| c == CF_DATA_V1);
+        let names: Vec<&str> = ALL_CFS
+            .iter()
+            .copied()
+            .chain(legacy.then_some(CF_DATA_V1))
+            .collect();
+        let cfs = names.iter().map(|name| {
             ColumnFamilyDescriptor::new(*name, cf_options(name, false, &budget, &cache))
         });
         let mut opts = db_options(false, &budget);
+        opts.create_missing_column_families(legacy);
         // Tickers only (no histograms, no timers): per-core counters, cheap
         // enough to keep on. `stats` reads the write-stall time from them.
         opts.enable_statistics();
         opts.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+        let mut db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
             let text = e.to_string();
             if e.kind() == rocksdb::ErrorKind::InvalidArgument && text.contains("olumn famil") {
                 StorageError::NotRavel {
@@ -264,36 +280,53 @@ impl Engine {
                 StorageError::from_rocks(path, e)
             }
         })?;
-        let engine = Engine {
+        let raft_meta = db
+            .cf_handle(CF_RAFT_META)
+            .ok_or_else(|| StorageError::NotRavel {
+                path: path.to_path_buf(),
+                detail: "no raft_meta column family".into(),
+            })?;
+        let raw = db
+            .get_cf(raft_meta, FORMAT_KEY)
+            .map_err(|e| StorageError::from_rocks(path, e))?
+            .ok_or_else(|| StorageError::NotRavel {
+                path: path.to_path_buf(),
+                detail: "no format version recorded".into(),
+            })?;
+        let found = <[u8; 4]>::try_from(raw.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| StorageError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("format version has {} bytes, expected 4", raw.len()),
+            })?;
+        match found {
+            1 if legacy => {
+                let moved = upgrade_v1(&db).map_err(|e| StorageError::from_rocks(path, e))?;
+                tracing::info!(path = %path.display(), keys = moved, "data directory upgraded from format 1 to 2 (keys stored by partition)");
+            }
+            FORMAT_VERSION => {}
+            _ => {
+                return Err(StorageError::FormatVersion {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: FORMAT_VERSION,
+                })
+            }
+        }
+        if legacy {
+            // Upgraded (now or by a run that stopped before this): format 2
+            // is recorded, so format 1's data is no longer read.
+            db.drop_cf(CF_DATA_V1)
+                .map_err(|e| StorageError::from_rocks(path, e))?;
+        }
+        Ok(Engine {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
                 cache,
                 opts,
             }),
-        };
-        match engine.get_cf(CF_RAFT_META, FORMAT_KEY)? {
-            None => Err(StorageError::NotRavel {
-                path: path.to_path_buf(),
-                detail: "no format version recorded".into(),
-            }),
-            Some(raw) => {
-                let found = <[u8; 4]>::try_from(raw.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StorageError::Corrupt {
-                        path: path.to_path_buf(),
-                        detail: format!("format version has {} bytes, expected 4", raw.len()),
-                    })?;
-                if found != FORMAT_VERSION {
-                    return Err(StorageError::FormatVersion {
-                        path: path.to_path_buf(),
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
-                Ok(engine)
-            }
-        }
+        })
     }
 
     /// Creates a database at `path` atomically: built and stamped with its
@@ -466,6 +499,39 @@ impl Engine {
     }
 }
 
+/// Rewrites a format-1 directory's user data in format 2: every key of
+/// `data` stored behind its partition in `kv`, in unsynced batches of
+/// about 4 MiB, then format 2 recorded in one synced batch. Redone from the
+/// start after a crash before that (it clears `kv` first: format 1 is
+/// still recorded, so `data` is still whole). The caller drops `data`.
+/// Returns the number of keys rewritten.
+fn upgrade_v1(db: &DB) -> std::result::Result<u64, rocksdb::Error> {
+    let cf = |name| {
+        db.cf_handle(name)
+            .expect("opened with the upgrade's families")
+    };
+    let (old, new) = (cf(CF_DATA_V1), cf(CF_DATA));
+    let mut batch = WriteBatch::default();
+    // Stored keys start with a partition below 2^16 - 1.
+    batch.delete_range_cf(new, &[][..], &[0xff_u8, 0xff][..]);
+    let mut moved = 0u64;
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.fill_cache(false);
+    for item in db.iterator_cf_opt(old, opts, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        batch.put_cf(new, crate::layout::encode(&k), v);
+        moved += 1;
+        if batch.size_in_bytes() >= 4 << 20 {
+            db.write_opt(std::mem::take(&mut batch), &WriteOptions::default())?;
+        }
+    }
+    batch.put_cf(cf(CF_RAFT_META), FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync)?;
+    Ok(moved)
+}
+
 /// RocksDB writes `CURRENT` when it creates a database; its presence is how we
 /// tell a restart from a first start.
 fn is_initialised(path: &Path) -> bool {
@@ -494,6 +560,69 @@ fn ensure_empty_or_absent(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory as format 1 left it: user keys as they are in `data`;
+    /// `half_upgraded` adds a `kv` family holding a stray key, as an
+    /// upgrade cut short by a crash would leave it.
+    fn format_1_directory(path: &Path, keys: u32, half_upgraded: bool) {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        let mut names = vec![CF_LOG, CF_RAFT_META, CF_DATA_V1, CF_SM_META];
+        if half_upgraded {
+            names.push(CF_DATA);
+        }
+        let db = DB::open_cf(&o, path, names).unwrap();
+        let cf = |n| db.cf_handle(n).unwrap();
+        db.put_cf(cf(CF_RAFT_META), FORMAT_KEY, 1u32.to_be_bytes())
+            .unwrap();
+        for i in 0..keys {
+            db.put_cf(cf(CF_DATA_V1), format!("k{i:04}"), format!("v{i}"))
+                .unwrap();
+        }
+        db.put_cf(cf(CF_SM_META), b"last_applied", b"L").unwrap();
+        if half_upgraded {
+            db.put_cf(cf(CF_DATA), crate::layout::encode(b"stray"), b"x")
+                .unwrap();
+        }
+        db.flush_wal(true).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_directory_is_upgraded_on_open_even_after_a_crash_part_way() {
+        for half_upgraded in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            format_1_directory(&path, 700, half_upgraded);
+            let want: Vec<(Vec<u8>, Vec<u8>)> = (0..700u32)
+                .map(|i| {
+                    (
+                        format!("k{i:04}").into_bytes(),
+                        format!("v{i}").into_bytes(),
+                    )
+                })
+                .collect();
+            {
+                let e = Engine::open(&path).unwrap();
+                assert_eq!(
+                    e.scan(b"", usize::MAX).unwrap(),
+                    want,
+                    "half {half_upgraded}"
+                );
+                assert_eq!(e.get(b"k0042").unwrap().as_deref(), Some(&b"v42"[..]));
+                assert_eq!(e.get(b"stray").unwrap(), None);
+                assert_eq!(
+                    e.sm_meta("last_applied").unwrap().as_deref(),
+                    Some(&b"L"[..])
+                );
+            }
+            let cfs = DB::list_cf(&Options::default(), &path).unwrap();
+            assert!(!cfs.iter().any(|c| c == CF_DATA_V1), "{cfs:?}");
+            // Reopened: format 2, nothing to upgrade, the same data.
+            let e = Engine::open(&path).unwrap();
+            assert_eq!(e.scan(b"", usize::MAX).unwrap(), want);
+        }
+    }
 
     /// Every column family reads through the one block cache of the
     /// budget, and it stays within it however much is read: with a cache

@@ -23,6 +23,7 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::engine::{Engine, CF_DATA, CF_RAFT_META, CF_SM_META};
 use crate::error::{Result, StorageError};
+use crate::layout;
 use crate::snapshot::{
     bad, read_exact, read_header, read_u32, read_u8, take, SnapshotStats, CF_TAG_DATA,
     CF_TAG_SM_META, MAX_FRAME, TAG_CHUNK, TAG_END,
@@ -141,7 +142,13 @@ impl Engine {
         let (header, mut stats) = scan(
             &mut open_file(path)?,
             |cf, k, v| {
-                cell.borrow_mut().put_cf(self.cf(cf), k, v);
+                // The stream holds user keys; stored ones carry their
+                // partition (`layout.rs`).
+                if cf == CF_DATA {
+                    cell.borrow_mut().put_cf(self.cf(cf), layout::encode(k), v);
+                } else {
+                    cell.borrow_mut().put_cf(self.cf(cf), k, v);
+                }
                 Ok(())
             },
             |so_far| {
@@ -227,7 +234,7 @@ mod tests {
 
     /// Golden bytes of the snapshot stream (the file a replica keeps and
     /// sends to a peer): a changed layout fails here before a mixed-version
-    /// cluster meets it. A deliberate change raises `FORMAT_VERSION`.
+    /// cluster meets it. A deliberate change raises `STREAM_FORMAT`.
     #[test]
     fn the_snapshot_stream_format_is_pinned() {
         const GOLDEN: &str = "52564c534e4150000000000100000003686472dc8e9c30430000002e61b4b902010000000c6c6173745f6170706c696564000000014c000000000161000000013100000000026262000000023232450000000000000001000000000000000362c90eac";

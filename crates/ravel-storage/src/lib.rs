@@ -7,10 +7,11 @@
 //! |---|---|---|
 //! | `raft_log` | log index, big-endian `u64` | [`Engine::append_log`], [`Engine::truncate_log`], [`Engine::purge_log`] (all synced) |
 //! | `raft_meta` | names (`vote`, `committed`, `last_purged`, `format_version`, `import_pending`, ...) | [`Engine::put_raft_meta`] (synced) |
-//! | `data` | user keys | [`ApplyBatch`] |
+//! | `kv` | user keys, each behind its partition (`layout.rs`) | [`ApplyBatch`] |
 //! | `sm_meta` | names (`last_applied`, `membership`) | [`ApplyBatch`], in the same batch as the data |
 //!
-//! This crate knows neither openraft nor gRPC: log entries, votes and
+//! This crate knows neither openraft nor gRPC (it takes only the key
+//! partition function from `ravel-proto`, the one the admin routes by): log entries, votes and
 //! snapshot headers are opaque bytes that the consensus layer encodes.
 //!
 //! Durability rule: whatever Raft counts on (log entries, the vote, a log
@@ -24,6 +25,7 @@ mod data;
 mod engine;
 mod error;
 mod import;
+mod layout;
 mod log;
 mod snapshot;
 
@@ -33,4 +35,5 @@ pub use engine::{
 };
 pub use error::{Result, StorageError};
 pub use import::verify_snapshot_file;
+pub use layout::{layout_partition, LAYOUT_PARTITIONS};
 pub use snapshot::{read_snapshot_header, PinnedView, SnapshotStats};

@@ -21,10 +21,14 @@ use std::io::{Read, Write};
 
 use rocksdb::{IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 
-use crate::engine::{Engine, CF_DATA, CF_SM_META, FORMAT_VERSION};
+use crate::engine::{Engine, CF_DATA, CF_SM_META};
 use crate::error::{Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"RVLSNAP\0";
+/// Version of the stream's layout. Apart from the directory's
+/// (`FORMAT_VERSION`): the stream carries user keys whatever the stored
+/// layout, so a replica sends snapshots its peers of an older layout read.
+pub(crate) const STREAM_FORMAT: u32 = 1;
 pub(crate) const TAG_CHUNK: u8 = b'C';
 pub(crate) const TAG_END: u8 = b'E';
 pub(crate) const CF_TAG_DATA: u8 = 0;
@@ -228,10 +232,10 @@ impl Engine {
             bytes: 0,
         };
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&FORMAT_VERSION.to_be_bytes());
+        crc.update(&STREAM_FORMAT.to_be_bytes());
         crc.update(header);
         w.put(MAGIC)?;
-        w.put(&FORMAT_VERSION.to_be_bytes())?;
+        w.put(&STREAM_FORMAT.to_be_bytes())?;
         w.put(&(header.len() as u32).to_be_bytes())?;
         w.put(header)?;
         w.put(&crc.finalize().to_be_bytes())?;
@@ -273,7 +277,7 @@ impl Engine {
             .iterator_cf_opt(self.cf(CF_DATA), opts, IteratorMode::Start)
         {
             let (k, v) = item.map_err(|e| self.rocks_err(e))?;
-            push(CF_TAG_DATA, &k, &v, &mut payload);
+            push(CF_TAG_DATA, self.user_key(&k)?, &v, &mut payload);
             stats.entries += 1;
             if payload.len() >= chunk_bytes {
                 flush(&mut payload, &mut w, &mut stats)?;
@@ -313,9 +317,9 @@ pub(crate) fn read_header<R: Read>(input: &mut R) -> Result<Vec<u8>> {
         return Err(bad("not a Ravel snapshot (bad magic)"));
     }
     let version = read_u32(input)?;
-    if version != FORMAT_VERSION {
+    if version != STREAM_FORMAT {
         return Err(bad(format!(
-            "snapshot format version {version}, this build reads {FORMAT_VERSION}"
+            "snapshot format version {version}, this build reads {STREAM_FORMAT}"
         )));
     }
     let len = read_u32(input)?;

@@ -328,6 +328,57 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
     sys.shutdown().await;
 }
 
+/// Once every key of a pair's partitions is copied, the old owner's copies
+/// go in one step (`DeletePartitions`). An admin stopped right after that
+/// step, before the move's end is recorded, resumes: its listing finds
+/// nothing left, the removal is repeated, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_stopped_after_the_old_owner_is_emptied_resumes_and_loses_nothing() {
+    let mut sys = TestSystem::start(1, 1).await;
+    let source = sys.cluster_ids()[0].clone();
+    let mut model = preload(&sys, 1500).await;
+    sys.admin().holds().arm("mover.after_removal");
+    let second = sys.add_node(true).await;
+    let dest = sys.nodes[second].cluster_id.clone();
+    sys.admin().holds().reached("mover.after_removal").await;
+    let members = sys.admin().registry().snapshot().ring.members.clone();
+    let owners = HashRing::default().owners(&members);
+    let moving: Vec<String> = model
+        .keys()
+        .filter(|k| owners[ravel_proto::partition_of(k.as_bytes(), 271) as usize] == dest)
+        .cloned()
+        .collect();
+    assert!(moving.len() > 300, "{} keys moving", moving.len());
+    let old = sys.nodes.iter().find(|n| n.cluster_id == source).unwrap();
+    let new = &sys.nodes[second];
+    for k in &moving {
+        assert_eq!(
+            old.node().local_get(k.as_bytes()).unwrap(),
+            None,
+            "{k} left on the old owner"
+        );
+        assert!(
+            new.node().local_get(k.as_bytes()).unwrap().is_some(),
+            "{k} not copied"
+        );
+    }
+    assert!(
+        sys.admin().registry().snapshot().ring.relocation.is_some(),
+        "the move's end is not recorded yet"
+    );
+    sys.stop_admin().await;
+    sys.restart_admin().await;
+    // Writes once the admin is back: to the new owner.
+    for k in moving.iter().take(50) {
+        let v = json!({"after": "restart"});
+        assert!(put(sys.http_addr(), k, &v).await);
+        model.insert(k.clone(), Some(v));
+    }
+    wait_relocations(&sys, 1).await;
+    verify(&sys, &model).await;
+    sys.shutdown().await;
+}
+
 /// A founder whose `InitiateDataRelocation` the admin never acknowledged
 /// (the admin was down, the founder then crashed) announces its cluster
 /// again when it restarts; before, `joined` was saved before the

@@ -3,14 +3,13 @@
 //! partition listings, conditional writes (the mover's tools) and backup
 //! streams by the leader only: callers find the leader themselves.
 
-use std::collections::HashSet;
-
 use ravel_consensus::types::NodeId;
 use ravel_consensus::{Command, CommandResult};
 use ravel_proto::ext::ravel_node_ext_server::RavelNodeExt;
 use ravel_proto::ext::{
-    Applied, AppliedBatch, BackupPage, BackupRequest, FenceRequest, FenceResponse, KeyValue,
-    KeyValueBatch, ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
+    Applied, AppliedBatch, BackupPage, BackupRequest, DeletePartitionsRequest,
+    DeletePartitionsResponse, FenceRequest, FenceResponse, KeyValue, KeyValueBatch,
+    ListPartitionsRequest, ListPartitionsResponse, StatusRequest, StatusResponse,
 };
 use ravel_proto::limits::{MOVE_BATCH_BYTES, MOVE_BATCH_ENTRIES};
 use ravel_transport::session::RequestId;
@@ -21,8 +20,6 @@ use super::{NodeService, NodeState};
 
 /// Largest page a listing returns, whatever the caller asks for.
 const MAX_LIST_LIMIT: u32 = 10_000;
-/// Keys read from the database per scan step of a listing.
-const SCAN_STEP: usize = 512;
 /// Keys and values per page of a backup stream.
 const BACKUP_PAGE_BYTES: usize = 1 << 20;
 
@@ -133,6 +130,54 @@ impl RavelNodeExt for NodeService {
         leader_write(&self.state, id, None, Command::Fence { epoch }).await?;
         Ok(Response::new(FenceResponse {}))
     }
+
+    async fn delete_partitions(
+        &self,
+        request: Request<DeletePartitionsRequest>,
+    ) -> Result<Response<DeletePartitionsResponse>, Status> {
+        let s = &self.state;
+        // An older node (the fault stands for one) lacks this call as it
+        // lacks the move batches.
+        if s.faults.lacks_move_batches(s.id) {
+            return Err(Status::unimplemented("partition deletes (fault injected)"));
+        }
+        s.check_running()?;
+        let (id, _ticket) = s.request_id(&request)?;
+        let epoch = s.ring_epoch(&request)?;
+        let req = request.into_inner();
+        check_partitions(req.partition_count, &req.partitions)?;
+        if req.partitions.is_empty() {
+            return Ok(Response::new(DeletePartitionsResponse {}));
+        }
+        let cmd = Command::DeletePartitions {
+            count: req.partition_count,
+            partitions: req.partitions,
+        };
+        match leader_write(s, id, epoch, cmd).await? {
+            CommandResult::Done => Ok(Response::new(DeletePartitionsResponse {})),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+}
+
+/// A partition count and partitions a request names: a count of at least
+/// one, each partition below it, at most the count of them.
+fn check_partitions(count: u32, partitions: &[u32]) -> Result<(), Status> {
+    if count == 0 {
+        return Err(Status::invalid_argument("partition_count must be > 0"));
+    }
+    if let Some(p) = partitions.iter().find(|p| **p >= count) {
+        return Err(Status::invalid_argument(format!(
+            "partition {p} >= partition_count"
+        )));
+    }
+    if partitions.len() > count as usize {
+        return Err(Status::invalid_argument(format!(
+            "{} partitions named, of {count}",
+            partitions.len()
+        )));
+    }
+    Ok(())
 }
 
 fn status(s: &NodeState) -> StatusResponse {
@@ -184,66 +229,48 @@ async fn list_partitions(
     s: &NodeState,
     req: ListPartitionsRequest,
 ) -> Result<ListPartitionsResponse, Status> {
-    if req.partition_count == 0 {
-        return Err(Status::invalid_argument("partition_count must be > 0"));
-    }
-    if let Some(p) = req.partitions.iter().find(|p| **p >= req.partition_count) {
-        return Err(Status::invalid_argument(format!(
-            "partition {p} >= partition_count"
-        )));
-    }
+    check_partitions(req.partition_count, &req.partitions)?;
     consistent_point(s, "listing").await?;
-    let wanted: HashSet<u32> = req.partitions.iter().copied().collect();
     let limit = req.limit.clamp(1, MAX_LIST_LIMIT) as usize;
-    // Scan at most this many keys per call, matching or not, so one page
-    // costs bounded time whatever the partitions hold.
-    let scan_budget = limit.saturating_mul(64).max(4096);
-    let mut start = req.after_key.clone();
-    let mut skip_first = req.has_after;
-    let mut entries = Vec::new();
-    let mut scanned = 0usize;
-    let mut last_key = req.after_key.clone();
-    let mut done = false;
-    // And at most about this many bytes, whatever `limit` asks for.
-    let mut bytes = 0usize;
+    // Pass over at most this many keys of other partitions per call (with
+    // the stored layout's partition count there are none), so one page
+    // costs bounded time whatever the partitions hold; and return at most
+    // about LIST_PAGE_BYTES, whatever `limit` asks for.
+    let skip_budget = limit.saturating_mul(64).max(4096);
     let byte_budget = ravel_proto::limits::LIST_PAGE_BYTES;
-    while entries.len() < limit && scanned < scan_budget && bytes < byte_budget {
-        let page = s
-            .engine
-            .scan(&start, SCAN_STEP)
+    let engine = s.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut entries = Vec::new();
+        let (mut bytes, mut skipped) = (0usize, 0usize);
+        let mut last_key = req.after_key.clone();
+        let done = engine
+            .scan_partitions(
+                req.partition_count,
+                &req.partitions,
+                req.has_after.then_some(req.after_key.as_slice()),
+                |k, v, wanted| {
+                    last_key = k.to_vec();
+                    if !wanted {
+                        skipped += 1;
+                        return skipped < skip_budget;
+                    }
+                    bytes += k.len() + v.len();
+                    entries.push(KeyValue {
+                        key: k.to_vec(),
+                        value: v.to_vec(),
+                    });
+                    entries.len() < limit && bytes < byte_budget
+                },
+            )
             .map_err(|e| Status::internal(e.to_string()))?;
-        if page.is_empty() || (skip_first && page.len() == 1 && page[0].0 == start) {
-            done = true;
-            break;
-        }
-        for (k, v) in page.iter() {
-            if skip_first && *k == start {
-                continue;
-            }
-            scanned += 1;
-            last_key = k.clone();
-            if wanted.contains(&ravel_proto::partition_of(k, req.partition_count)) {
-                bytes += k.len() + v.len();
-                entries.push(KeyValue {
-                    key: k.clone(),
-                    value: v.clone(),
-                });
-                if entries.len() >= limit || bytes >= byte_budget {
-                    break;
-                }
-            }
-            if scanned >= scan_budget {
-                break;
-            }
-        }
-        start = last_key.clone();
-        skip_first = true;
-    }
-    Ok(ListPartitionsResponse {
-        entries,
-        done,
-        last_key,
+        Ok(ListPartitionsResponse {
+            entries,
+            done,
+            last_key,
+        })
     })
+    .await
+    .map_err(|e| Status::internal(format!("listing task: {e}")))?
 }
 
 /// `SetIfAbsent` / `DeleteIfEqual`: validated, replicated, applied.
