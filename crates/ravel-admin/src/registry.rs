@@ -89,8 +89,16 @@ pub struct RelocationProgress {
     pub pending: BTreeMap<u32, PartitionMove>,
     /// Partitions that had to move when the relocation started.
     pub total_partitions: u32,
-    /// Listing cursor per source→destination pair ("from->to").
+    /// Listing cursor per source→destination pair ("from->to"), in
+    /// user-key order over all the pair's partitions, as admins before
+    /// partition-by-partition moves saved it. Read, never written: an
+    /// admin that finds one starts that pair's copy over (see
+    /// `relocation.rs`), and saves [`RelocationProgress::pair_cursors`].
+    #[serde(default)]
     pub cursors: BTreeMap<String, Vec<u8>>,
+    /// How far the mover of each pair ("from->to") has got.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pair_cursors: BTreeMap<String, PairCursor>,
     /// Keys copied so far.
     pub moved_keys: u64,
     /// Moves that are over but whose tombstones are still on their
@@ -101,32 +109,50 @@ pub struct RelocationProgress {
     pub sweeps: Vec<Sweep>,
 }
 
+/// How far the mover of one pair has got. It moves the pair's partitions
+/// one at a time, in ascending order, each in key order: every key of the
+/// partitions before `partition` is passed, and of `partition` every key up
+/// to and including `key`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PairCursor {
+    pub partition: u32,
+    pub key: Vec<u8>,
+}
+
+impl PairCursor {
+    /// Whether the key `key` of partition `partition` is at or before the
+    /// cursor.
+    pub fn passed(&self, partition: u32, key: &[u8]) -> bool {
+        partition < self.partition || (partition == self.partition && key <= self.key.as_slice())
+    }
+}
+
 impl RelocationProgress {
-    /// The key of [`RelocationProgress::cursors`] for the pair `from`→`to`.
+    /// The key of [`RelocationProgress::pair_cursors`] for the pair
+    /// `from`→`to`.
     pub fn pair_key(from: &str, to: &str) -> String {
         format!("{from}->{to}")
     }
 
-    /// Whether the mover of `from`→`to` has finished with `key`: copied it
-    /// to `to` and deleted it from `from` (or found it absent). Its cursor
-    /// is the last key its listing passed, saved after the page's copies
-    /// and deletes; listings walk keys in byte order.
-    pub fn moved_past(&self, from: &str, to: &str, key: &[u8]) -> bool {
-        !self.cursors.is_empty()
+    /// Whether the mover of `from`→`to` has finished with `key` (of
+    /// partition `partition`): copied it to `to`, if `from` held it, and
+    /// saved its cursor past it.
+    pub fn moved_past(&self, from: &str, to: &str, partition: u32, key: &[u8]) -> bool {
+        !self.pair_cursors.is_empty()
             && self
-                .cursors
+                .pair_cursors
                 .get(&Self::pair_key(from, to))
-                .is_some_and(|cursor| key <= cursor.as_slice())
+                .is_some_and(|cursor| cursor.passed(partition, key))
     }
 }
 
 impl RegistryState {
     /// See [`RelocationProgress::moved_past`]; false with no relocation.
-    pub fn moved_past(&self, from: &str, to: &str, key: &[u8]) -> bool {
+    pub fn moved_past(&self, from: &str, to: &str, partition: u32, key: &[u8]) -> bool {
         self.ring
             .relocation
             .as_ref()
-            .is_some_and(|r| r.moved_past(from, to, key))
+            .is_some_and(|r| r.moved_past(from, to, partition, key))
     }
 }
 
@@ -291,15 +317,33 @@ pub(crate) mod tests {
     #[test]
     fn the_mover_has_passed_keys_up_to_its_pairs_cursor() {
         let rel = RelocationProgress {
+            pair_cursors: BTreeMap::from([(
+                "c1->c2".to_string(),
+                PairCursor {
+                    partition: 7,
+                    key: b"key-5".to_vec(),
+                },
+            )]),
+            ..Default::default()
+        };
+        assert!(rel.moved_past("c1", "c2", 7, b"key-4"));
+        assert!(rel.moved_past("c1", "c2", 7, b"key-5"), "the cursor itself");
+        assert!(rel.moved_past("c1", "c2", 7, b"key-10"), "byte order");
+        assert!(!rel.moved_past("c1", "c2", 7, b"key-50"));
+        assert!(
+            rel.moved_past("c1", "c2", 3, b"zzz"),
+            "an earlier partition"
+        );
+        assert!(!rel.moved_past("c1", "c2", 8, b"a"), "a later partition");
+        assert!(!rel.moved_past("c1", "c3", 1, b"a"), "another pair");
+        assert!(!RegistryState::default().moved_past("c1", "c2", 1, b"a"));
+        // An older admin's cursor (user-key order over all partitions) is
+        // not taken as progress.
+        let old = RelocationProgress {
             cursors: BTreeMap::from([("c1->c2".to_string(), b"key-5".to_vec())]),
             ..Default::default()
         };
-        assert!(rel.moved_past("c1", "c2", b"key-4"));
-        assert!(rel.moved_past("c1", "c2", b"key-5"), "the cursor itself");
-        assert!(rel.moved_past("c1", "c2", b"key-10"), "byte order");
-        assert!(!rel.moved_past("c1", "c2", b"key-50"));
-        assert!(!rel.moved_past("c1", "c3", b"a"), "another pair");
-        assert!(!RegistryState::default().moved_past("c1", "c2", b"a"));
+        assert!(!old.moved_past("c1", "c2", 7, b"key-4"));
     }
 
     /// Golden bytes of `registry.json`: a restarted (or upgraded) admin
@@ -342,6 +386,7 @@ pub(crate) mod tests {
                     )]),
                     total_partitions: 9,
                     cursors: BTreeMap::from([("cluster-2->cluster-1".to_string(), b"k".to_vec())]),
+                    pair_cursors: BTreeMap::new(),
                     moved_keys: 5,
                     sweeps: vec![Sweep {
                         cluster: "cluster-1".into(),

@@ -7,10 +7,11 @@
 //!    of its log on, it refuses writes routed by an older ring (requests the
 //!    admin gave up on that are still queued or on the wire). Every write
 //!    that got in before the fence is seen by the listing that follows.
-//! 2. **Copy, page by page**: each key to the new owner only if absent
-//!    there (`SetIfAbsent`), in batches of about a MiB, one log entry each
-//!    (`SetIfAbsentBatch`); the next page is listed while the current one
-//!    is written. A key present on the destination is newer by
+//! 2. **Copy, page by page**, one partition at a time in ascending order,
+//!    each in key order (the destination's storage order): each key to the
+//!    new owner only if absent there (`SetIfAbsent`), in batches of about
+//!    a MiB, one log entry each (`SetIfAbsentBatch`); the next page is
+//!    listed while the current one is written. A key present on the destination is newer by
 //!    construction: the destination held nothing of these partitions when
 //!    the move was planned (old owners are fenced, and the tombstones of
 //!    earlier moves are swept before a new plan), so anything there was
@@ -50,7 +51,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::kv::TOMBSTONE;
-use crate::registry::{PartitionMove, RegistryError, RelocationProgress, Sweep};
+use crate::registry::{PairCursor, PartitionMove, RegistryError, RelocationProgress, Sweep};
 use crate::router::{CallError, Router};
 use crate::state::AdminState;
 
@@ -113,6 +114,7 @@ pub async fn plan(admin: &AdminState) -> Result<bool, RegistryError> {
                 total_partitions: pending.len() as u32,
                 pending,
                 cursors: BTreeMap::new(),
+                pair_cursors: BTreeMap::new(),
                 moved_keys: 0,
                 sweeps: Vec::new(),
             });
@@ -182,21 +184,47 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
         .map(|(p, _)| *p)
         .collect();
     let key = RelocationProgress::pair_key(&from, &to);
-    let cursor = r.cursors.get(&key).cloned();
+    // An older admin's cursor (`cursors`) is not resumed from: the copy
+    // starts over, which only repeats idempotent copies (that admin had
+    // deleted what it passed from the source).
+    let cursor = r.pair_cursors.get(&key).cloned();
     tracing::info!(relocation = r.id, %from, %to, partitions = partitions.len(), resume = cursor.is_some(), "moving partitions");
     let count = router.ring().partitions;
     fence(admin, &from).await?;
     admin.holds.point("mover.before_copy").await;
-    let mut listing = list(router, &from, count, &partitions, cursor.clone()).await?;
+    // Partition by partition, ascending (`pending` is ordered), each in key
+    // order: the destination receives keys in its storage order (by
+    // partition, then key), so its RocksDB writes sorted runs that
+    // compaction moves down without rewriting them. Listing one partition
+    // at a time also means the same order on every node version.
+    let mut at = match &cursor {
+        None => Some((0, None)),
+        Some(c) => partitions
+            .iter()
+            .position(|p| *p >= c.partition)
+            .map(|i| (i, (partitions[i] == c.partition).then(|| c.key.clone()))),
+    };
     let pacer = Pacer::new(admin.limits.relocation_bytes_per_s);
-    loop {
-        let page = listing;
+    let mut listing = match &at {
+        Some((i, after)) => {
+            Some(list(router, &from, count, &partitions[*i..=*i], after.clone()).await?)
+        }
+        None => None,
+    };
+    while let (Some((i, _)), Some(page)) = (at.take(), listing.take()) {
+        let partition = partitions[i];
         // The next page is listed while this one is written: it holds only
         // keys after this page's, which the writes do not touch.
-        let next = (!page.done).then(|| {
-            let after = Some(page.last_key.clone());
-            list(router, &from, count, &partitions, after)
-        });
+        at = if !page.done {
+            Some((i, Some(page.last_key.clone())))
+        } else if i + 1 < partitions.len() {
+            Some((i + 1, None))
+        } else {
+            None
+        };
+        let next = at
+            .clone()
+            .map(|(j, after)| list(router, &from, count, &partitions[j..=j], after));
         let (moved, next) = tokio::join!(copy_page(admin, &pacer, &to, &page.entries), async {
             match next {
                 Some(listing) => Some(listing.await),
@@ -205,21 +233,25 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
         });
         moved?;
         let moved = page.entries.len() as u64;
-        admin.metrics.keys_moved(moved);
-        registry
-            .update(|s| {
-                if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == r.id) {
-                    rel.cursors.insert(key.clone(), page.last_key.clone());
-                    rel.moved_keys += moved;
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        admin.holds.point("mover.after_page").await;
-        match next {
-            None => break,
-            Some(next) => listing = next?,
+        if moved > 0 {
+            admin.metrics.keys_moved(moved);
+            let cursor = PairCursor {
+                partition,
+                key: page.last_key.clone(),
+            };
+            registry
+                .update(|s| {
+                    if let Some(rel) = s.ring.relocation.as_mut().filter(|x| x.id == r.id) {
+                        rel.cursors.remove(&key);
+                        rel.pair_cursors.insert(key.clone(), cursor.clone());
+                        rel.moved_keys += moved;
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            admin.holds.point("mover.after_page").await;
         }
+        listing = next.transpose()?;
     }
     // Every key is copied: the old owner's copies go.
     remove_moved(admin, &from, count, &partitions).await?;
@@ -240,6 +272,7 @@ async fn move_one_pair(admin: &AdminState, r: &RelocationProgress) -> Result<(),
                         rel.pending.remove(p);
                     }
                     rel.cursors.remove(&key);
+                    rel.pair_cursors.remove(&key);
                     rel.sweeps.push(sweep.clone());
                     s.ring.generation += 1;
                 }

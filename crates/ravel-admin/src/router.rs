@@ -144,7 +144,7 @@ impl Router {
         let previous = t
             .moving
             .get(&partition)
-            .filter(|from| !state.moved_past(from, &owner, key))
+            .filter(|from| !state.moved_past(from, &owner, partition, key))
             .cloned();
         Some(Route {
             partition,

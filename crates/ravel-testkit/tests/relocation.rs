@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use ravel_admin::ring::HashRing;
+use ravel_proto::partition_of;
 use ravel_testkit::http::request;
 use ravel_testkit::prom::{get, parse, scrape};
 use ravel_testkit::{wait_for, TestSystem};
@@ -313,7 +314,10 @@ async fn admin_killed_mid_relocation_resumes_and_loses_nothing() {
         r.moved_keys
     );
     assert!(!r.pending.is_empty());
-    assert!(!r.cursors.is_empty(), "no cursor persisted to resume from");
+    assert!(
+        !r.pair_cursors.is_empty(),
+        "no cursor persisted to resume from"
+    );
 
     sys.restart_admin().await;
     // Writes during the resumed move.
@@ -713,13 +717,27 @@ async fn keys_the_mover_passed_are_read_from_the_new_owner_only() {
         .collect();
     let passed: Vec<String> = moving
         .iter()
-        .filter(|k| rel.moved_past(&source, &dest, k.as_bytes()))
+        .filter(|k| {
+            rel.moved_past(
+                &source,
+                &dest,
+                partition_of(k.as_bytes(), 271),
+                k.as_bytes(),
+            )
+        })
         .take(20)
         .map(|k| k.to_string())
         .collect();
     let ahead: Vec<String> = moving
         .iter()
-        .filter(|k| !rel.moved_past(&source, &dest, k.as_bytes()))
+        .filter(|k| {
+            !rel.moved_past(
+                &source,
+                &dest,
+                partition_of(k.as_bytes(), 271),
+                k.as_bytes(),
+            )
+        })
         .take(20)
         .map(|k| k.to_string())
         .collect();
