@@ -93,7 +93,7 @@ async fn nodes_and_admin_serve_metrics_that_parse() {
         get(&s, "ravel_rocksdb_memtable_bytes", &[]).unwrap() > 0.0,
         "{text}"
     );
-    for cf in ["raft_log", "raft_meta", "data", "sm_meta"] {
+    for cf in ["raft_log", "raft_meta", "kv", "sm_meta"] {
         assert!(
             get(&s, "ravel_rocksdb_l0_files", &[("cf", cf)]).is_some(),
             "{cf}: {text}"
