@@ -176,7 +176,7 @@ fn db_options(create: bool, budget: &MemoryBudget) -> Options {
 /// (without one, RocksDB gives every column family a 32 MiB cache of its
 /// own, and keeps each open file's index and filter blocks outside any
 /// cache, so memory grows with the data), and
-/// - `data`: a Bloom filter (10 bits a key, about 1% false positives), so
+/// - `kv`: a Bloom filter (10 bits a key, about 1% false positives), so
 ///   a read of an absent key (a relocation's `SetIfAbsent` on the
 ///   destination; a read of a moving partition, which asks its new owner
 ///   first) skips the files that lack it instead of searching each one;
@@ -209,6 +209,32 @@ fn cf_options(name: &str, create: bool, budget: &MemoryBudget, cache: &Cache) ->
     }
     opts.set_block_based_table_factory(&table);
     opts
+}
+
+/// How old a file of the last level must be before RocksDB rewrites it
+/// only to drop what a released snapshot protected (its "BottommostFiles"
+/// compactions). Without a delay, every release of a pinned view (one per
+/// Raft snapshot, about every 64 MiB of log) marked every last-level file
+/// written since, and each was rewritten at once: in a 1M-key relocation
+/// that was 558 MiB of the new owner's Raft log (entries about to be
+/// purged) and 313 MiB of its data rewritten for nothing but zeroed
+/// sequence numbers (docs/benchmarks.md, "Keys stored by partition").
+/// Delayed, a log file is purged before its turn comes, and data files
+/// are rewritten later, off the write's busy moment. What it trades: the
+/// space of versions a released snapshot held stays up to this long.
+pub const BOTTOMMOST_REWRITE_DELAY_SECS: u32 = 600;
+
+/// Sets [`BOTTOMMOST_REWRITE_DELAY_SECS`] on every column family. The
+/// Rust binding has no setter for it in `Options`; RocksDB takes it as a
+/// dynamic option.
+fn delay_bottommost_rewrites(db: &DB) -> std::result::Result<(), rocksdb::Error> {
+    let delay = BOTTOMMOST_REWRITE_DELAY_SECS.to_string();
+    for name in ALL_CFS {
+        if let Some(cf) = db.cf_handle(name) {
+            db.set_options_cf(cf, &[("bottommost_file_compaction_delay", delay.as_str())])?;
+        }
+    }
+    Ok(())
 }
 
 /// Memtables of all column families together, at most (the default).
@@ -319,6 +345,7 @@ impl Engine {
             db.drop_cf(CF_DATA_V1)
                 .map_err(|e| StorageError::from_rocks(path, e))?;
         }
+        delay_bottommost_rewrites(&db).map_err(|e| StorageError::from_rocks(path, e))?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 db,
@@ -692,6 +719,34 @@ mod tests {
             engine.get(&key(4242)).unwrap(),
             Some(vec![4242u64 as u8; 1024])
         );
+    }
+
+    /// RocksDB records the options in force in its newest OPTIONS file:
+    /// every column family has the delay, after a first open and a reopen.
+    #[test]
+    fn last_level_rewrites_wait_for_the_delay_in_every_column_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        for _ in 0..2 {
+            let engine = Engine::open(&path).unwrap();
+            let newest = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("OPTIONS-"))
+                .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap())
+                .expect("an OPTIONS file");
+            let text = std::fs::read_to_string(path.join(&newest)).unwrap();
+            let want = format!("bottommost_file_compaction_delay={BOTTOMMOST_REWRITE_DELAY_SECS}");
+            for name in ALL_CFS {
+                let section = text
+                    .split("[CFOptions \"")
+                    .find(|s| s.starts_with(&format!("{name}\"")))
+                    .unwrap_or_else(|| panic!("no section for {name} in {newest}"));
+                let section = section.split("[TableOptions").next().unwrap();
+                assert!(section.contains(&want), "{name} in {newest}: {section}");
+            }
+            drop(engine);
+        }
     }
 
     #[test]
