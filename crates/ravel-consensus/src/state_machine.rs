@@ -243,8 +243,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// Takes a snapshot: pins the state machine as applied. Nothing is
     /// copied or written. openraft then purges the log behind it, which is
-    /// safe because a purge is a synced write on the WAL every apply
-    /// shares: the state the snapshot stands for is durable by then.
+    /// safe because a purge first flushes the state machine
+    /// (`Engine::purge_log`): the state the snapshot stands for is durable
+    /// by then.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         crate::failpoints::hit("snapshot_build", self.engine.path()).map_err(snap_err)?;
         let engine = self.engine.clone();

@@ -72,14 +72,16 @@ impl ApplyBatch<'_> {
         self.batch.is_empty()
     }
 
-    /// Commits the batch atomically without an fsync of its own. The Raft log
-    /// is the write-ahead log: entries are durable there before they are
+    /// Commits the batch atomically, without RocksDB's WAL. The Raft log is
+    /// the write-ahead log: entries are durable there before they are
     /// applied, and after a crash the state machine re-applies everything
-    /// after its last durable `last_applied`. Any later synced write (a log
-    /// append, a purge) also makes this batch durable, since all column
-    /// families share one RocksDB WAL.
+    /// after its last durable `last_applied`, which is what the last
+    /// (atomic) flush wrote. A purge of the log flushes first
+    /// ([`Engine::purge_log`]), so the entries a lost apply came from are
+    /// always still there. Writing each apply to the WAL as well wrote every
+    /// byte twice (docs/benchmarks.md, "Applies without the WAL").
     pub fn commit(self) -> Result<()> {
-        self.engine.write(self.batch, false)
+        self.engine.write_unlogged(self.batch)
     }
 }
 

@@ -119,16 +119,33 @@ impl Default for MemoryBudget {
 }
 
 impl Drop for Inner {
-    /// A clean close keeps even the unsynced tail of the WAL, so a graceful
-    /// restart re-applies nothing. Then RocksDB's background work (flushes,
+    /// A clean close flushes the state machine (its applies skip the WAL)
+    /// and keeps even the unsynced tail of the WAL, so a graceful restart
+    /// re-applies nothing. Then RocksDB's background work (flushes,
     /// compactions, periodic tasks) is stopped and waited for before the
     /// database is closed: see [`quiesce`].
     fn drop(&mut self) {
+        if let Err(e) = flush_state_machine(&self.db) {
+            tracing::warn!(path = %self.path.display(), error = %e, "flushing the state machine on close failed");
+        }
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(path = %self.path.display(), error = %e, "syncing the WAL on close failed");
         }
         quiesce(&self.db);
     }
+}
+
+/// Flushes the state machine's families, `kv` and `sm_meta` (atomically,
+/// with the database's `atomic_flush`), and waits for the files. Applies
+/// skip the WAL: until this, the Raft log is their only durable record.
+fn flush_state_machine(db: &DB) -> std::result::Result<(), rocksdb::Error> {
+    let mut wait = rocksdb::FlushOptions::default();
+    wait.set_wait(true);
+    let cfs: Vec<_> = [CF_DATA, CF_SM_META]
+        .iter()
+        .filter_map(|name| db.cf_handle(name))
+        .collect();
+    db.flush_cfs_opt(&cfs, &wait)
 }
 
 /// Stops RocksDB's background work on `db` and waits for it, so that no
@@ -157,13 +174,19 @@ fn db_options(create: bool, budget: &MemoryBudget) -> Options {
     // Fail loudly on damaged files instead of serving what might be wrong.
     opts.set_paranoid_checks(true);
     opts.set_keep_log_file_num(4);
-    // Unsynced writes (state-machine applies, the committed hint) stay in
-    // RocksDB's WAL buffer until the next synced write or `sync()`, which
-    // then writes and syncs everything before it in order. This saves a
-    // write(2) per apply, and makes a killed process lose exactly what a
-    // power cut would lose: the crash test relies on that to prove that
-    // every acknowledged log append was synced.
+    // Unsynced writes (the committed hint) stay in RocksDB's WAL buffer
+    // until the next synced write or `sync()`, which then writes and syncs
+    // everything before it in order. This makes a killed process lose
+    // exactly what a power cut would lose: the crash test relies on that to
+    // prove that every acknowledged log append was synced.
     opts.set_manual_wal_flush(true);
+    // State-machine applies skip the WAL (`ApplyBatch::commit`): the Raft
+    // log is their write-ahead log. What survives a crash of them is what
+    // the last flush wrote, so every flush writes all column families as
+    // of one instant: `kv` and `sm_meta` (which holds `last_applied` and
+    // the sessions) never disagree after a restart, and the replica
+    // re-applies its log from the recovered `last_applied`.
+    opts.set_atomic_flush(true);
     // One memory budget for every column family's memtables: RocksDB
     // flushes the largest when the sum reaches it. Without it each of the
     // four families may hold two 64 MiB memtables, and a replica's memory
@@ -499,6 +522,25 @@ impl Engine {
             .map_err(|e| self.rocks_err(e))
     }
 
+    /// Writes a batch of state-machine changes without the WAL: it lasts a
+    /// crash only once a flush has written it ([`Self::persist_state_machine`]).
+    pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.inner
+            .db
+            .write_opt(batch, &opts)
+            .map_err(|e| self.rocks_err(e))
+    }
+
+    /// Makes every state-machine change so far durable: flushes `kv` and
+    /// `sm_meta` (atomically, with the database's `atomic_flush`) and waits
+    /// for the files. Applies skip the WAL, so this is what must precede
+    /// removing the log entries they came from.
+    pub fn persist_state_machine(&self) -> Result<()> {
+        flush_state_machine(&self.inner.db).map_err(|e| self.rocks_err(e))
+    }
+
     /// Reads a Raft metadata value (vote, committed index, node identity...).
     pub fn raft_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.get_cf(CF_RAFT_META, key.as_bytes())
@@ -519,9 +561,10 @@ impl Engine {
         self.write(batch, false)
     }
 
-    /// Forces everything written so far, synced or not, to stable storage.
-    /// Call before a clean shutdown.
+    /// Forces everything written so far, synced or not, to stable storage:
+    /// the state machine by a flush, the rest by syncing the WAL.
     pub fn sync(&self) -> Result<()> {
+        self.persist_state_machine()?;
         self.inner.db.flush_wal(true).map_err(|e| self.rocks_err(e))
     }
 }
@@ -721,6 +764,38 @@ mod tests {
         );
     }
 
+    /// The newest OPTIONS file of the database at `path`: its name and text.
+    fn newest_options(path: &Path) -> (String, String) {
+        let newest = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("OPTIONS-"))
+            .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap())
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(path.join(&newest)).unwrap();
+        (newest, text)
+    }
+
+    /// Applies skip the WAL, so only a flush that writes `kv` and `sm_meta`
+    /// as of one instant keeps `last_applied` true to the data after a crash.
+    #[test]
+    fn flushes_are_atomic_across_column_families() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let engine = Engine::open(&path).unwrap();
+        let (newest, text) = newest_options(&path);
+        let db_options = text
+            .split("[DBOptions]")
+            .nth(1)
+            .and_then(|s| s.split("[CFOptions").next())
+            .unwrap_or_else(|| panic!("no DBOptions in {newest}"));
+        assert!(
+            db_options.contains("atomic_flush=true"),
+            "{newest}: {db_options}"
+        );
+        drop(engine);
+    }
+
     /// RocksDB records the options in force in its newest OPTIONS file:
     /// every column family has the delay, after a first open and a reopen.
     #[test]
@@ -729,13 +804,7 @@ mod tests {
         let path = dir.path().join("db");
         for _ in 0..2 {
             let engine = Engine::open(&path).unwrap();
-            let newest = std::fs::read_dir(&path)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .filter(|n| n.starts_with("OPTIONS-"))
-                .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap())
-                .expect("an OPTIONS file");
-            let text = std::fs::read_to_string(path.join(&newest)).unwrap();
+            let (newest, text) = newest_options(&path);
             let want = format!("bottommost_file_compaction_delay={BOTTOMMOST_REWRITE_DELAY_SECS}");
             for name in ALL_CFS {
                 let section = text
