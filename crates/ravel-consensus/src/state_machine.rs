@@ -242,17 +242,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// Takes a snapshot: pins the state machine as applied. Nothing is
-    /// copied or written. openraft then purges the log behind it, which is
-    /// safe because a purge first flushes the state machine
-    /// (`Engine::purge_log`): the state the snapshot stands for is durable
-    /// by then.
+    /// copied. openraft then purges the log behind it, which is safe
+    /// because a purge first flushes the state machine (`Engine::purge_log`):
+    /// the state the snapshot stands for is durable by then. That flush
+    /// runs on openraft's core task, which sends no heartbeat meanwhile, so
+    /// the state machine is flushed here first, on this task of its own
+    /// (openraft spawns it): the purge's flush then has only the applies
+    /// since to write.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         crate::failpoints::hit("snapshot_build", self.engine.path()).map_err(snap_err)?;
         let engine = self.engine.clone();
         let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
         let observer = self.snapshots.observer.clone();
-        let (meta, data) = blocking(move || snapshots.pin(&engine).map_err(snap_err)).await?;
+        let (meta, data) = blocking(move || {
+            let pinned = snapshots.pin(&engine).map_err(snap_err)?;
+            engine.persist_state_machine().map_err(snap_err)?;
+            Ok(pinned)
+        })
+        .await?;
         observer.report(|e| e.snapshot_built(started.elapsed()));
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "took snapshot");
         Ok(Snapshot {
