@@ -38,6 +38,7 @@ fn free_port() -> u16 {
 struct Proc {
     name: String,
     child: Option<Child>,
+    log: PathBuf,
 }
 
 impl Proc {
@@ -53,6 +54,7 @@ impl Proc {
         Proc {
             name: name.into(),
             child: Some(child),
+            log: log.to_path_buf(),
         }
     }
 
@@ -68,7 +70,13 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
             if let Ok(Some(status)) = c.try_wait() {
-                eprintln!("{} had exited: {status}", self.name);
+                // Its own words on why, before the temporary directory goes.
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("{} had exited: {status}; the end of its log:", self.name);
+                for line in tail.iter().rev() {
+                    eprintln!("  {line}");
+                }
             }
         }
         self.sigkill();
