@@ -516,10 +516,7 @@ impl Engine {
     pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.inner
-            .db
-            .write_opt(batch, &opts)
-            .map_err(|e| self.rocks_err(e))
+        self.write_with(batch, &opts)
     }
 
     /// Writes a batch of state-machine changes without the WAL: it lasts a
@@ -527,9 +524,13 @@ impl Engine {
     pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
+        self.write_with(batch, &opts)
+    }
+
+    fn write_with(&self, batch: WriteBatch, opts: &WriteOptions) -> Result<()> {
         self.inner
             .db
-            .write_opt(batch, &opts)
+            .write_opt(batch, opts)
             .map_err(|e| self.rocks_err(e))
     }
 
