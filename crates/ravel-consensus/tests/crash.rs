@@ -10,9 +10,13 @@
 //!   and after re-applying the committed entries past its last applied index
 //!   it holds exactly the expected data.
 //!
-//! The engine keeps unsynced WAL records in process memory
-//! (`manual_wal_flush`), so a SIGKILL loses exactly what a power cut would:
-//! if appends stopped syncing this test fails.
+//! The engine keeps unsynced RocksDB WAL records in process memory
+//! (`manual_wal_flush`), so for what RocksDB holds (the vote, the purge
+//! marker and the log's start) a SIGKILL loses exactly what a power cut
+//! would. The log's own segment files are written and synced in one call,
+//! so here a SIGKILL cannot tell a synced append from an unsynced one:
+//! `ravel-storage`'s `segments` tests check that every mutation syncs and
+//! that a torn tail is cut on open.
 //!
 //! Replay a run with `RAVEL_CRASH_SEED=<seed>` (the seed is printed).
 

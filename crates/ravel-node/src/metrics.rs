@@ -66,12 +66,13 @@ struct RocksMetrics {
     running: IntGaugeVec,
     memtable: IntGauge,
     block_cache: IntGauge,
+    raft_log: IntGauge,
 }
 
 impl RocksMetrics {
     fn new(r: &Registry) -> Self {
         Self {
-            write_stall: m::float_counter(r, "ravel_rocksdb_write_stall_seconds_total", "Time RocksDB held writes back (delayed or stopped: too many L0 files, memtables waiting for a flush, or compaction debt). The Raft log's synced appends share the database and wait with them."),
+            write_stall: m::float_counter(r, "ravel_rocksdb_write_stall_seconds_total", "Time RocksDB held writes back (delayed or stopped: too many L0 files, memtables waiting for a flush, or compaction debt). Applies wait with them; the Raft log's appends (files of their own) do not."),
             delayed_write_rate: m::gauge(r, "ravel_rocksdb_delayed_write_rate_bytes", "Rate RocksDB holds writes to now, in bytes per second; 0 when writes are not delayed."),
             write_stopped: m::gauge(r, "ravel_rocksdb_write_stopped", "1 while RocksDB stops writes until a flush or compaction catches up."),
             l0_files: m::gauge_vec(r, "ravel_rocksdb_l0_files", "L0 files of each column family (writes slow down at 20, stop at 36).", &["cf"]),
@@ -79,6 +80,7 @@ impl RocksMetrics {
             running: m::gauge_vec(r, "ravel_rocksdb_running_jobs", "Background jobs running now, by kind (flush, compaction).", &["kind"]),
             memtable: m::gauge(r, "ravel_rocksdb_memtable_bytes", "Bytes in RocksDB's memtables, over all column families."),
             block_cache: m::gauge(r, "ravel_rocksdb_block_cache_bytes", "Bytes held by the shared block cache."),
+            raft_log: m::gauge(r, "ravel_raft_log_disk_bytes", "Bytes of the Raft log's segment files (outside RocksDB); whole files are removed as the log is purged behind snapshots."),
         }
     }
 
@@ -99,6 +101,7 @@ impl RocksMetrics {
             .set(s.running_compactions as i64);
         self.memtable.set(s.memtable_bytes as i64);
         self.block_cache.set(s.block_cache_bytes as i64);
+        self.raft_log.set(s.raft_log_bytes as i64);
     }
 }
 

@@ -12,6 +12,7 @@ use rocksdb::{
 };
 
 use crate::error::{Result, StorageError};
+use crate::segments::SegmentLog;
 
 /// Version of the on-disk layout (column families, key encodings). Bump it
 /// whenever a change makes old directories unreadable, and upgrade them on
@@ -19,8 +20,15 @@ use crate::error::{Result, StorageError};
 ///
 /// - 1: user keys as they are, in the `data` column family.
 /// - 2: user keys behind their partition (`layout.rs`), in `kv`.
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: the Raft log in segment files (`segments.rs`), not in `raft_log`:
+///   a build that reads 2 would find the log empty, so it must refuse.
+pub const FORMAT_VERSION: u32 = 3;
+/// Format 2, which [`upgrade_v1`] writes and [`migrate_log`] upgrades.
+const FORMAT_V2: u32 = 2;
 
+/// Where the Raft log lived before format 3 moved it to files of its own
+/// (`segments.rs`): still opened (RocksDB opens a database only with all
+/// its column families), and emptied by [`migrate_log`].
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_DATA: &str = "kv";
@@ -30,10 +38,16 @@ pub(crate) const CF_SM_META: &str = "sm_meta";
 const ALL_CFS: [&str; 4] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SM_META];
 
 const FORMAT_KEY: &[u8] = b"format_version";
+/// `raft_meta` key: the lowest index the Raft log keeps (big-endian
+/// `u64`), written by each purge; absent until the first.
+pub(crate) const LOG_START_KEY: &[u8] = b"log_start";
+/// The Raft log's directory, inside the database's.
+const LOG_DIR: &str = "raft-log";
 
-/// One node's RocksDB: the Raft log, Raft metadata, user data and
-/// state-machine metadata, each in its own column family. Cheap to clone;
-/// every clone shares the same database.
+/// One node's storage: a RocksDB holding Raft metadata, user data and
+/// state-machine metadata, each in its own column family, and the Raft log
+/// in segment files beside them. Cheap to clone; every clone shares the
+/// same database.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -41,6 +55,8 @@ pub struct Engine {
 
 struct Inner {
     db: DB,
+    /// The Raft log, in segment files beside the database's.
+    log: SegmentLog,
     path: PathBuf,
     /// The block cache every column family shares (index and filter
     /// blocks included).
@@ -92,6 +108,8 @@ pub struct EngineStats {
     pub memtable_bytes: u64,
     /// Bytes held by the shared block cache.
     pub block_cache_bytes: u64,
+    /// Bytes of the Raft log's segment files (outside RocksDB).
+    pub raft_log_bytes: u64,
 }
 
 /// What a replica's RocksDB may hold in memory, beyond a few MiB of
@@ -353,7 +371,7 @@ impl Engine {
                 let moved = upgrade_v1(&db).map_err(|e| StorageError::from_rocks(path, e))?;
                 tracing::info!(path = %path.display(), keys = moved, "data directory upgraded from format 1 to 2 (keys stored by partition)");
             }
-            FORMAT_VERSION => {}
+            FORMAT_V2 | FORMAT_VERSION => {}
             _ => {
                 return Err(StorageError::FormatVersion {
                     path: path.to_path_buf(),
@@ -369,9 +387,32 @@ impl Engine {
                 .map_err(|e| StorageError::from_rocks(path, e))?;
         }
         delay_bottommost_rewrites(&db).map_err(|e| StorageError::from_rocks(path, e))?;
+        let start = match db
+            .get_cf(
+                db.cf_handle(CF_RAFT_META).expect("opened above"),
+                LOG_START_KEY,
+            )
+            .map_err(|e| StorageError::from_rocks(path, e))?
+        {
+            None => None,
+            Some(raw) => Some(
+                <[u8; 8]>::try_from(raw.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StorageError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: format!("log start has {} bytes, expected 8", raw.len()),
+                    })?,
+            ),
+        };
+        let log = SegmentLog::open(&path.join(LOG_DIR), start)?;
+        if found != FORMAT_VERSION {
+            let moved = migrate_log(&db, &log, path)?;
+            tracing::info!(path = %path.display(), entries = moved, "data directory upgraded to format 3 (the Raft log moved from RocksDB to its own segment files)");
+        }
         Ok(Engine {
             inner: Arc::new(Inner {
                 db,
+                log,
                 path: path.to_path_buf(),
                 cache,
                 opts,
@@ -484,11 +525,16 @@ impl Engine {
             running_compactions: prop("rocksdb.num-running-compactions"),
             memtable_bytes: over_cfs("rocksdb.cur-size-all-mem-tables"),
             block_cache_bytes: self.block_cache_usage() as u64,
+            raft_log_bytes: self.log_disk_bytes(),
         }
     }
 
     pub(crate) fn db(&self) -> &DB {
         &self.inner.db
+    }
+
+    pub(crate) fn log(&self) -> &SegmentLog {
+        &self.inner.log
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
@@ -596,11 +642,64 @@ fn upgrade_v1(db: &DB) -> std::result::Result<u64, rocksdb::Error> {
             db.write_opt(std::mem::take(&mut batch), &WriteOptions::default())?;
         }
     }
-    batch.put_cf(cf(CF_RAFT_META), FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+    batch.put_cf(cf(CF_RAFT_META), FORMAT_KEY, FORMAT_V2.to_be_bytes());
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
     db.write_opt(batch, &sync)?;
     Ok(moved)
+}
+
+/// Upgrades a format-2 directory to format 3: the entries of `raft_log`
+/// appended to the segment files of `log` (synced), then, in one synced
+/// batch, the log's start recorded, `raft_log` emptied and format 3
+/// recorded. A crash before that batch leaves format 2 whole, and the
+/// next open redoes it (`log` is cleared first: nothing was appended to it
+/// since, as this runs before the engine is handed out). Returns the
+/// number of entries moved.
+fn migrate_log(db: &DB, log: &SegmentLog, path: &Path) -> Result<u64> {
+    let rocks = |e| StorageError::from_rocks(path, e);
+    let cf = db.cf_handle(CF_LOG).expect("opened with the engine");
+    let mut entries = db.iterator_cf(cf, rocksdb::IteratorMode::Start).peekable();
+    let first = match entries.peek() {
+        None => None,
+        Some(Err(e)) => return Err(rocks(e.clone())),
+        Some(Ok((k, _))) => Some(decode_log_key(k, path)?),
+    };
+    log.clear()?;
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    let mut moved = 0u64;
+    for item in entries {
+        let (k, v) = item.map_err(rocks)?;
+        bytes += v.len();
+        chunk.push((decode_log_key(&k, path)?, v));
+        moved += 1;
+        if bytes >= 4 << 20 {
+            log.append(chunk.drain(..))?;
+            bytes = 0;
+        }
+    }
+    log.append(chunk)?;
+    let mut batch = WriteBatch::default();
+    let meta = db.cf_handle(CF_RAFT_META).expect("opened with the engine");
+    if let Some(first) = first {
+        batch.put_cf(meta, LOG_START_KEY, first.to_be_bytes());
+    }
+    batch.delete_range_cf(cf, &[][..], &[0xFFu8; 9][..]);
+    batch.put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync).map_err(rocks)?;
+    Ok(moved)
+}
+
+fn decode_log_key(raw: &[u8], path: &Path) -> Result<u64> {
+    <[u8; 8]>::try_from(raw)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("Raft log key of {} bytes, expected 8", raw.len()),
+        })
 }
 
 /// RocksDB writes `CURRENT` when it creates a database; its presence is how we
@@ -657,6 +756,66 @@ mod tests {
                 .unwrap();
         }
         db.flush_wal(true).unwrap();
+    }
+
+    /// A format-2 directory, whose Raft log lives in `raft_log`: its
+    /// entries move to the segment files on open, format 3 is recorded (so
+    /// a format-2 build refuses it instead of finding the log empty), and
+    /// what a later purge left out stays out.
+    #[test]
+    fn a_log_kept_in_rocksdb_moves_to_segment_files_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(Engine::open(&path).unwrap());
+        {
+            let db = DB::open_cf(&Options::default(), &path, ALL_CFS).unwrap();
+            let cf = db.cf_handle(CF_LOG).unwrap();
+            for i in 5..=900u64 {
+                db.put_cf(cf, i.to_be_bytes(), format!("entry {i}"))
+                    .unwrap();
+            }
+            db.put_cf(
+                db.cf_handle(CF_RAFT_META).unwrap(),
+                FORMAT_KEY,
+                FORMAT_V2.to_be_bytes(),
+            )
+            .unwrap();
+            db.flush_wal(true).unwrap();
+        }
+        {
+            // What a move cut short by a crash leaves: part of the log in
+            // segment files, format 2 still recorded.
+            let partial = SegmentLog::open(&path.join(LOG_DIR), None).unwrap();
+            partial
+                .append((5..=100u64).map(|i| (i, b"partial".to_vec())))
+                .unwrap();
+        }
+        let e = Engine::open(&path).unwrap();
+        assert_eq!(
+            e.raft_meta("format_version").unwrap().as_deref(),
+            Some(&FORMAT_VERSION.to_be_bytes()[..])
+        );
+        let got = e.log_entries(..).unwrap();
+        assert_eq!(got.len(), 896);
+        assert_eq!(got[0], (5, b"entry 5".to_vec()));
+        assert!(got
+            .iter()
+            .all(|(i, v)| *v == format!("entry {i}").into_bytes()));
+        assert_eq!(e.last_log().unwrap().unwrap().0, 900);
+        assert!(e.log_disk_bytes() > 896 * 9);
+        assert_eq!(
+            e.db()
+                .iterator_cf(e.cf(CF_LOG), rocksdb::IteratorMode::Start)
+                .count(),
+            0,
+            "raft_log is emptied"
+        );
+        e.append_log([(901u64, b"after".to_vec())]).unwrap();
+        e.purge_log(100, ("last_purged", b"100")).unwrap();
+        drop(e);
+        let e = Engine::open(&path).unwrap();
+        assert_eq!(e.first_log_index().unwrap(), Some(101));
+        assert_eq!(e.last_log().unwrap(), Some((901, b"after".to_vec())));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! # ravel-storage
 //!
 //! The bytes-on-disk layer of a Ravel node: one RocksDB per node with four
-//! column families.
+//! column families, and the Raft log in segment files of its own
+//! (`<data>/raft-log/`, `segments.rs`), written by [`Engine::append_log`],
+//! [`Engine::truncate_log`] and [`Engine::purge_log`] (all synced).
 //!
 //! | column family | keys | written by |
 //! |---|---|---|
-//! | `raft_log` | log index, big-endian `u64` | [`Engine::append_log`], [`Engine::truncate_log`], [`Engine::purge_log`] (all synced) |
-//! | `raft_meta` | names (`vote`, `committed`, `last_purged`, `format_version`, `import_pending`, ...) | [`Engine::put_raft_meta`] (synced) |
+//! | `raft_log` | log index, big-endian `u64` | nothing: the log before it moved to files, moved out on open |
+//! | `raft_meta` | names (`vote`, `committed`, `last_purged`, `log_start`, `format_version`, `import_pending`, ...) | [`Engine::put_raft_meta`] (synced) |
 //! | `kv` | user keys, each behind its partition (`layout.rs`) | [`ApplyBatch`] |
 //! | `sm_meta` | names (`last_applied`, `membership`) | [`ApplyBatch`], in the same batch as the data |
 //!
@@ -27,6 +29,7 @@ mod error;
 mod import;
 mod layout;
 mod log;
+mod segments;
 mod snapshot;
 
 pub use data::ApplyBatch;

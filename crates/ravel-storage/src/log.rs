@@ -1,6 +1,7 @@
-//! The Raft log column family: entries keyed by their index in big-endian, so
-//! RocksDB's byte order is log order. Entries are opaque bytes here; the
-//! consensus layer decides their encoding.
+//! The Raft log's operations on an [`Engine`]: entries are opaque bytes
+//! here (the consensus layer decides their encoding), kept in segment
+//! files of their own (`segments.rs`), beside the RocksDB that holds the
+//! rest.
 //!
 //! Every mutation of the log is synced before it returns: Raft may only count
 //! an entry towards a quorum once it survives a crash, and an entry removed by
@@ -8,37 +9,21 @@
 
 use std::ops::{Bound, RangeBounds};
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 
-use crate::engine::{Engine, CF_LOG, CF_RAFT_META};
-use crate::error::{Result, StorageError};
-
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn decode_key(engine: &Engine, raw: &[u8]) -> Result<u64> {
-    <[u8; 8]>::try_from(raw)
-        .map(u64::from_be_bytes)
-        .map_err(|_| StorageError::Corrupt {
-            path: engine.path().to_path_buf(),
-            detail: format!("Raft log key of {} bytes, expected 8", raw.len()),
-        })
-}
+use crate::engine::{Engine, CF_RAFT_META, LOG_START_KEY};
+use crate::error::Result;
 
 impl Engine {
-    /// Appends (or overwrites) log entries and syncs the WAL before returning.
+    /// Appends log entries (consecutive indexes) and syncs them before
+    /// returning. Entries at or below the last index replace it and
+    /// everything after it.
     pub fn append_log<I, V>(&self, entries: I) -> Result<()>
     where
         I: IntoIterator<Item = (u64, V)>,
         V: AsRef<[u8]>,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_LOG);
-        for (index, value) in entries {
-            batch.put_cf(cf, key(index), value);
-        }
-        self.write(batch, true)
+        self.log().append(entries)
     }
 
     /// Entries whose index lies in `range`, in order.
@@ -57,7 +42,7 @@ impl Engine {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        self.scan_log(start, end, usize::MAX)
+        self.log().read(start, end, usize::MAX)
     }
 
     /// Entries from `start` (inclusive) to `end` (exclusive), in order,
@@ -69,85 +54,50 @@ impl Engine {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.scan_log(start, Some(end), max_bytes)
-    }
-
-    fn scan_log(
-        &self,
-        start: u64,
-        end: Option<u64>,
-        max_bytes: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let from = key(start);
-        let iter = self.db().iterator_cf(
-            self.cf(CF_LOG),
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(|e| self.rocks_err(e))?;
-            let index = decode_key(self, &k)?;
-            if end.is_some_and(|end| index >= end)
-                || (!out.is_empty() && bytes.saturating_add(v.len()) > max_bytes)
-            {
-                break;
-            }
-            bytes = bytes.saturating_add(v.len());
-            out.push((index, v.into_vec()));
-        }
-        Ok(out)
+        self.log().read(start, Some(end), max_bytes)
     }
 
     /// The entry with the highest index, if the log holds any.
     pub fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>> {
-        let mut iter = self.db().iterator_cf(self.cf(CF_LOG), IteratorMode::End);
-        match iter.next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(|e| self.rocks_err(e))?;
-                Ok(Some((decode_key(self, &k)?, v.into_vec())))
-            }
-        }
+        self.log().last()
     }
 
     /// The lowest index still in the log, if any.
     pub fn first_log_index(&self) -> Result<Option<u64>> {
-        let mut iter = self.db().iterator_cf(self.cf(CF_LOG), IteratorMode::Start);
-        match iter.next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, _) = item.map_err(|e| self.rocks_err(e))?;
-                Ok(Some(decode_key(self, &k)?))
-            }
-        }
+        Ok(self.log().first_index())
+    }
+
+    /// Bytes of the Raft log's files on disk.
+    pub fn log_disk_bytes(&self) -> u64 {
+        self.log().disk_bytes()
     }
 
     /// Removes every entry with index `>= since`, synced: a conflicting suffix
     /// that Raft threw away must not reappear after a crash.
     pub fn truncate_log(&self, since: u64) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOG), &key(since)[..], &[0xFFu8; 9][..]);
-        self.write(batch, true)
+        self.log().truncate(since)
     }
 
-    /// Removes every entry with index `<= upto` and records, in the same synced
-    /// batch, the Raft metadata `marker` (the last purged log id), so the
-    /// marker and the log never disagree after a crash.
+    /// Removes every entry with index `<= upto`. First, in one synced
+    /// batch, it records the Raft metadata `marker` (the last purged log
+    /// id) and the log's new start, so the marker and the log never
+    /// disagree after a crash; then the log drops the segments that hold
+    /// only purged entries.
     ///
-    /// First it flushes the state machine ([`Engine::persist_state_machine`]):
-    /// applies skip the WAL, so until a flush the log is the only durable
-    /// record of them. Raft purges only applied entries, so after the flush
-    /// the applies of the entries being purged can no longer be lost.
+    /// Before that it flushes the state machine
+    /// ([`Engine::persist_state_machine`]): applies skip the WAL, so until
+    /// a flush the log is the only durable record of them. Raft purges only
+    /// applied entries, so after the flush the applies of the entries being
+    /// purged can no longer be lost.
     pub fn purge_log(&self, upto: u64, marker: (&str, &[u8])) -> Result<()> {
         self.persist_state_machine()?;
+        let start = self.log().start_after_purge(upto);
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_RAFT_META), marker.0.as_bytes(), marker.1);
-        match upto.checked_add(1) {
-            Some(end) => batch.delete_range_cf(self.cf(CF_LOG), key(0), key(end)),
-            None => batch.delete_range_cf(self.cf(CF_LOG), &key(0)[..], &[0xFFu8; 9][..]),
-        }
-        self.write(batch, true)
+        let meta = self.cf(CF_RAFT_META);
+        batch.put_cf(meta, marker.0.as_bytes(), marker.1);
+        batch.put_cf(meta, LOG_START_KEY, start.to_be_bytes());
+        self.write(batch, true)?;
+        self.log().purge(upto)
     }
 }
 
@@ -209,13 +159,19 @@ mod tests {
     /// they are now (RocksDB's unwritten WAL buffer is not in them), opened
     /// as a copy.
     fn crash_copy(from: &std::path::Path, to: &std::path::Path) -> Engine {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let kind = entry.file_type().unwrap();
+                if kind.is_file() {
+                    std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+                } else if kind.is_dir() {
+                    copy_dir(&entry.path(), &to.join(entry.file_name()));
+                }
             }
         }
+        copy_dir(from, to);
         Engine::open(to).unwrap()
     }
 
