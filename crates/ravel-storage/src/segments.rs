@@ -147,19 +147,16 @@ fn checksum(index: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn encode_record(out: &mut Vec<u8>, index: u64, payload: &[u8]) -> Result<u32> {
+/// Appends one record to `out`; `Err` names an entry too large to store.
+fn encode_record(out: &mut Vec<u8>, index: u64, payload: &[u8]) -> Result<u32, String> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|len| *len <= MAX_RECORD)
-        .ok_or_else(|| StorageError::Io {
-            path: PathBuf::new(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "log entry {index} has {} bytes, more than {MAX_RECORD}",
-                    payload.len()
-                ),
-            ),
+        .ok_or_else(|| {
+            format!(
+                "log entry {index} has {} bytes, more than {MAX_RECORD}",
+                payload.len()
+            )
         })?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&checksum(index, payload).to_le_bytes());
@@ -175,10 +172,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
     }
 }
 
+fn sync_dir_io(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    sync_dir_io(dir).map_err(io_err(dir))
 }
 
 /// What reading one segment at open found.
@@ -435,7 +434,9 @@ impl SegmentLog {
                 }
                 Some(_) => {}
             }
-            lens.push(encode_record(&mut buf, index, payload.as_ref())?);
+            lens.push(
+                encode_record(&mut buf, index, payload.as_ref()).map_err(|e| self.invalid(e))?,
+            );
         }
         let Some(first) = first else {
             return Ok(());
@@ -499,8 +500,7 @@ impl SegmentLog {
         }
         self.synced(&path, file.sync_data())?;
         if created {
-            let dir = self.dir.clone();
-            self.synced(&dir, File::open(&dir).and_then(|d| d.sync_all()))?;
+            self.synced(&self.dir, sync_dir_io(&self.dir))?;
         }
         let mut s = self.state();
         if created {
@@ -579,8 +579,7 @@ impl SegmentLog {
             std::fs::remove_file(path).map_err(io_err(path))?;
         }
         if !doomed.is_empty() {
-            let dir = self.dir.clone();
-            self.synced(&dir, File::open(&dir).and_then(|d| d.sync_all()))?;
+            self.synced(&self.dir, sync_dir_io(&self.dir))?;
         }
         if let Some((file, path, offset)) = &cut {
             file.set_len(*offset).map_err(io_err(path))?;
@@ -781,7 +780,7 @@ impl SegmentLog {
         for path in doomed.iter().rev() {
             std::fs::remove_file(path).map_err(io_err(path))?;
         }
-        sync_dir(&self.dir)
+        self.synced(&self.dir, sync_dir_io(&self.dir))
     }
 }
 
@@ -803,6 +802,16 @@ mod tests {
         log.append(range.map(|i| (i, payload(i)))).unwrap();
     }
 
+    /// A log in `dir` with segments of 256 bytes, holding entries 1..=`n`
+    /// appended one at a time (so they spread over many segments).
+    fn small_segments(dir: &Path, n: u64) -> SegmentLog {
+        let log = SegmentLog::open_with(dir, None, 256).unwrap();
+        for i in 1..=n {
+            append(&log, i..=i);
+        }
+        log
+    }
+
     fn segment_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -815,10 +824,7 @@ mod tests {
     #[test]
     fn appends_rotate_segments_and_read_back_across_them() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
-        for i in 1..=40 {
-            append(&log, i..=i);
-        }
+        let log = small_segments(dir.path(), 40);
         assert!(segment_files(dir.path()).len() > 3);
         let got = log.read(0, None, usize::MAX).unwrap();
         assert_eq!(indexes(&got), (1..=40).collect::<Vec<_>>());
@@ -871,10 +877,7 @@ mod tests {
     #[test]
     fn purges_drop_whole_segments_and_hold_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
-        for i in 1..=60 {
-            append(&log, i..=i);
-        }
+        let log = small_segments(dir.path(), 60);
         let before = segment_files(dir.path()).len();
         log.purge(30).unwrap();
         assert_eq!(log.first_index(), Some(31));
@@ -908,10 +911,7 @@ mod tests {
     #[test]
     fn a_purged_segment_that_reappears_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
-        for i in 1..=30 {
-            append(&log, i..=i);
-        }
+        let log = small_segments(dir.path(), 30);
         let first = dir.path().join(segment_name(1));
         let saved = std::fs::read(&first).unwrap();
         log.purge(30).unwrap();
@@ -958,10 +958,7 @@ mod tests {
     #[test]
     fn damage_before_the_last_segment_is_an_error_not_a_truncation() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
-        for i in 1..=40 {
-            append(&log, i..=i);
-        }
+        let log = small_segments(dir.path(), 40);
         drop(log);
         let first = dir.path().join(segment_name(1));
         let mut bytes = std::fs::read(&first).unwrap();
@@ -974,10 +971,7 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
         // A segment lost from the middle: entries missing.
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
-        for i in 1..=40 {
-            append(&log, i..=i);
-        }
+        let log = small_segments(dir.path(), 40);
         drop(log);
         let second = segment_files(dir.path())[1].clone();
         std::fs::remove_file(dir.path().join(second)).unwrap();
