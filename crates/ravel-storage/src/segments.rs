@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! <dir>/<first index, 20 digits>.log:
-//!   header  = "RAVELLOG" | version u32 LE | 0u32
+//!   header  = "RAVELLOG" | version u32 LE | flags u32 LE
 //!   record* = payload length u32 LE | crc32(index LE | payload) u32 LE
 //!             | index u64 LE | payload
 //! ```
@@ -34,6 +34,13 @@
 //!   ones. A segment a crash brings back holds only entries below the
 //!   recorded start: opening ignores them and unlinks it again.
 //!
+//! - The log's first entry is the recorded start, so a lost first segment
+//!   is found at open like a lost middle one. The one exception is an
+//!   append past the start into an empty log (openraft's storage suite
+//!   does this; Raft itself resumes at the start): it begins a segment of
+//!   its own whose header carries `STARTS_LOG`, which lets its first record
+//!   open the log.
+//!
 //! A sync that fails poisons the log: the kernel may have dropped the
 //! dirty pages it could not write, so what is on disk is unknown, and
 //! every later write fails until the replica restarts and reads back what
@@ -51,6 +58,9 @@ use crate::error::{Result, StorageError};
 const MAGIC: &[u8; 8] = b"RAVELLOG";
 const VERSION: u32 = 1;
 const HEADER: u64 = 16;
+/// A header flag: this segment's first record may start the log past its
+/// recorded start (written by an append past the start into an empty log).
+const STARTS_LOG: u32 = 1;
 /// A record's fixed part: length, checksum, index.
 const RECORD_HEADER: usize = 16;
 /// A new segment starts once the last one holds this many bytes. A purge
@@ -186,6 +196,8 @@ struct Scanned {
     records: Vec<(u64, u64, u32)>,
     /// Where the complete records end.
     valid_len: u64,
+    /// The header's flags (0 when the header is short).
+    flags: u32,
     /// Why reading stopped before the file's end, if it did.
     torn: Option<String>,
 }
@@ -198,6 +210,7 @@ fn scan_segment(path: &Path, file: &File) -> Result<Scanned> {
         return Ok(Scanned {
             records: Vec::new(),
             valid_len: 0,
+            flags: 0,
             torn: Some(format!("{size} bytes, shorter than the header")),
         });
     }
@@ -215,6 +228,7 @@ fn scan_segment(path: &Path, file: &File) -> Result<Scanned> {
             detail: format!("log segment version {version}; this build reads {VERSION}"),
         });
     }
+    let flags = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
     let mut records = Vec::new();
     let mut offset = HEADER;
     let mut payload = Vec::new();
@@ -247,6 +261,7 @@ fn scan_segment(path: &Path, file: &File) -> Result<Scanned> {
     Ok(Scanned {
         records,
         valid_len: offset,
+        flags,
         torn,
     })
 }
@@ -320,13 +335,22 @@ impl SegmentLog {
                 if index < start {
                     continue;
                 }
-                // The first kept entry may lie past the recorded start (a
-                // log emptied by a purge past its end goes on where the
-                // leader resumes it); after it, none may be missing.
-                let expected = if state.locs.is_empty() {
-                    index
-                } else {
+                // The first kept entry is the recorded start, unless an
+                // append past the start began this segment (and the log);
+                // after it, none may be missing.
+                let expected = if !state.locs.is_empty() {
                     state.base + state.locs.len() as u64
+                } else if index == first && scanned.flags & STARTS_LOG != 0 {
+                    index
+                } else if index != start {
+                    return Err(StorageError::Corrupt {
+                        path: path.clone(),
+                        detail: format!(
+                            "the log's first entry is {index}, its recorded start {start}: entries {start}..{index} missing (a lost segment file?)"
+                        ),
+                    });
+                } else {
+                    start
                 };
                 if index != expected {
                     return Err(StorageError::Corrupt {
@@ -458,14 +482,18 @@ impl SegmentLog {
             }
             _ => {}
         }
-        // Where the records go: the last segment, or a new one.
-        let (current, offset) = {
+        // Where the records go: the last segment, or a new one. An append
+        // past the start into an empty log begins a segment flagged so
+        // (the module's documentation).
+        let (current, offset, flags) = {
             let s = self.state();
+            let past_start = s.locs.is_empty() && first > s.floor;
             match s.segments.last() {
+                _ if past_start => (None, HEADER, STARTS_LOG),
                 Some(seg) if seg.len < self.segment_bytes => {
-                    (Some((seg.file.clone(), seg.path.clone())), seg.len)
+                    (Some((seg.file.clone(), seg.path.clone())), seg.len, 0)
                 }
-                _ => (None, HEADER),
+                _ => (None, HEADER, 0),
             }
         };
         let (file, path, created) = match current {
@@ -486,7 +514,7 @@ impl SegmentLog {
             let mut whole = Vec::with_capacity(HEADER as usize + buf.len());
             whole.extend_from_slice(MAGIC);
             whole.extend_from_slice(&VERSION.to_le_bytes());
-            whole.extend_from_slice(&0u32.to_le_bytes());
+            whole.extend_from_slice(&flags.to_le_bytes());
             whole.extend_from_slice(&buf);
             file.write_all_at(&whole, 0)
         } else {
@@ -924,6 +952,80 @@ mod tests {
             vec![31, 32]
         );
         assert!(!first.exists());
+    }
+
+    /// A lost first segment leaves the log starting past its recorded
+    /// start: an error at open, as a lost middle segment is, not a log
+    /// with its oldest unapplied entries silently gone.
+    #[test]
+    fn a_lost_first_segment_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        for i in 0..=60 {
+            append(&log, i..=i);
+        }
+        log.purge(20).unwrap();
+        drop(log);
+        let files = segment_files(dir.path());
+        assert!(files.len() > 2, "{files:?}");
+        std::fs::remove_file(dir.path().join(&files[0])).unwrap();
+        let err = SegmentLog::open_with(dir.path(), Some(21), 256)
+            .err()
+            .expect("a lost first segment must not open");
+        assert!(
+            matches!(&err, StorageError::Corrupt { detail, .. } if detail.contains("entries 21..")),
+            "{err}"
+        );
+        // Never purged: the log must start at entry 0.
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        for i in 0..=60 {
+            append(&log, i..=i);
+        }
+        drop(log);
+        std::fs::remove_file(dir.path().join(segment_name(0))).unwrap();
+        let err = SegmentLog::open_with(dir.path(), None, 256)
+            .err()
+            .expect("a lost first segment must not open");
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+
+    /// An append past the start into an empty log (openraft's storage
+    /// suite) opens again: its segment carries the flag that lets it
+    /// start the log, and only the first record of that segment may.
+    #[test]
+    fn an_append_past_the_start_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        append(&log, 0..=5);
+        log.purge(5).unwrap();
+        log.append([(9u64, &b"nine"[..]), (10, &b"ten"[..])])
+            .unwrap();
+        drop(log);
+        let log = SegmentLog::open_with(dir.path(), Some(6), 256).unwrap();
+        assert_eq!(
+            indexes(&log.read(0, None, usize::MAX).unwrap()),
+            vec![9, 10]
+        );
+        // Replacing the flagged segment's first entry flags its successor.
+        log.append([(9u64, b"NINE")]).unwrap();
+        drop(log);
+        let log = SegmentLog::open_with(dir.path(), Some(6), 256).unwrap();
+        assert_eq!(
+            log.read(0, None, usize::MAX).unwrap(),
+            vec![(9, b"NINE".to_vec())]
+        );
+        // An append at the start does not need the flag, and does not set it.
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        log.purge(5).unwrap();
+        for i in 6..=40 {
+            append(&log, i..=i);
+        }
+        drop(log);
+        let files = segment_files(dir.path());
+        std::fs::remove_file(dir.path().join(&files[0])).unwrap();
+        assert!(SegmentLog::open_with(dir.path(), Some(6), 256).is_err());
     }
 
     #[test]
