@@ -5,8 +5,8 @@
 //! cargo bench -p ravel-storage --bench log_append [-- --seconds 2 --dir PATH]
 //! ```
 //!
-//! Each append is one synced RocksDB write batch, as the consensus layer
-//! issues it. The baseline is one thread writing 4 KiB and calling
+//! Each append is one synced append to the Raft log's segment files
+//! (`Engine::append_log`), as the consensus layer issues it. The baseline is one thread writing 4 KiB and calling
 //! fdatasync in a loop: the ceiling for anything that syncs per write.
 //! Ratios compare the two within this run, so they hold across machines
 //! better than absolute numbers do.
