@@ -395,14 +395,7 @@ impl Engine {
             .map_err(|e| StorageError::from_rocks(path, e))?
         {
             None => None,
-            Some(raw) => Some(
-                <[u8; 8]>::try_from(raw.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StorageError::Corrupt {
-                        path: path.to_path_buf(),
-                        detail: format!("log start has {} bytes, expected 8", raw.len()),
-                    })?,
-            ),
+            Some(raw) => Some(decode_be_u64(&raw, path, "the log's start")?),
         };
         let log = SegmentLog::open(&path.join(LOG_DIR), start)?;
         if found != FORMAT_VERSION {
@@ -663,7 +656,7 @@ fn migrate_log(db: &DB, log: &SegmentLog, path: &Path) -> Result<u64> {
     let first = match entries.peek() {
         None => None,
         Some(Err(e)) => return Err(rocks(e.clone())),
-        Some(Ok((k, _))) => Some(decode_log_key(k, path)?),
+        Some(Ok((k, _))) => Some(decode_be_u64(k, path, "a Raft log key")?),
     };
     log.clear()?;
     let mut chunk = Vec::new();
@@ -672,7 +665,7 @@ fn migrate_log(db: &DB, log: &SegmentLog, path: &Path) -> Result<u64> {
     for item in entries {
         let (k, v) = item.map_err(rocks)?;
         bytes += v.len();
-        chunk.push((decode_log_key(&k, path)?, v));
+        chunk.push((decode_be_u64(&k, path, "a Raft log key")?, v));
         moved += 1;
         if bytes >= 4 << 20 {
             log.append(chunk.drain(..))?;
@@ -693,12 +686,13 @@ fn migrate_log(db: &DB, log: &SegmentLog, path: &Path) -> Result<u64> {
     Ok(moved)
 }
 
-fn decode_log_key(raw: &[u8], path: &Path) -> Result<u64> {
+/// A big-endian `u64` stored by this crate (a log index, the log's start).
+fn decode_be_u64(raw: &[u8], path: &Path, what: &str) -> Result<u64> {
     <[u8; 8]>::try_from(raw)
         .map(u64::from_be_bytes)
         .map_err(|_| StorageError::Corrupt {
             path: path.to_path_buf(),
-            detail: format!("Raft log key of {} bytes, expected 8", raw.len()),
+            detail: format!("{what} of {} bytes, expected 8", raw.len()),
         })
 }
 

@@ -848,15 +848,18 @@ impl SegmentLog {
 
     /// Bytes of the segment files.
     pub(crate) fn disk_bytes(&self) -> u64 {
-        // Preallocated space counts: it is taken from the disk.
-        self.state()
-            .segments
+        // Preallocated space counts: it is taken from the disk. The files
+        // are looked at outside the lock, which readers share.
+        let files: Vec<(Arc<File>, u64)> = {
+            let s = self.state();
+            s.segments
+                .iter()
+                .map(|seg| (seg.file.clone(), seg.len))
+                .collect()
+        };
+        files
             .iter()
-            .map(|seg| {
-                seg.file
-                    .metadata()
-                    .map_or(seg.len, |m| m.len().max(seg.len))
-            })
+            .map(|(file, len)| file.metadata().map_or(*len, |m| m.len().max(*len)))
             .sum()
     }
 
