@@ -12,7 +12,7 @@ use rocksdb::{
 };
 
 use crate::error::{Result, StorageError};
-use crate::segments::SegmentLog;
+use crate::segments::{RecordNewest, SegmentLog};
 
 /// Version of the on-disk layout (column families, key encodings). Bump it
 /// whenever a change makes old directories unreadable, and upgrade them on
@@ -41,6 +41,11 @@ const FORMAT_KEY: &[u8] = b"format_version";
 /// `raft_meta` key: the lowest index the Raft log keeps (big-endian
 /// `u64`), written by each purge; absent until the first.
 pub(crate) const LOG_START_KEY: &[u8] = b"log_start";
+/// `raft_meta` key: the first index of the Raft log's newest segment
+/// (big-endian `u64`), written (synced) when a segment's first record is,
+/// lowered before a truncation unlinks it; absent when no segment is
+/// vouched for. At open, a log ending before it lost segments.
+const LOG_NEWEST_KEY: &[u8] = b"log_newest_segment";
 /// The Raft log's directory, inside the database's.
 const LOG_DIR: &str = "raft-log";
 
@@ -54,7 +59,8 @@ pub struct Engine {
 }
 
 struct Inner {
-    db: DB,
+    /// Shared with the log, which records its newest segment in it.
+    db: Arc<DB>,
     /// The Raft log, in segment files beside the database's.
     log: SegmentLog,
     path: PathBuf,
@@ -387,17 +393,21 @@ impl Engine {
                 .map_err(|e| StorageError::from_rocks(path, e))?;
         }
         delay_bottommost_rewrites(&db).map_err(|e| StorageError::from_rocks(path, e))?;
-        let start = match db
-            .get_cf(
-                db.cf_handle(CF_RAFT_META).expect("opened above"),
-                LOG_START_KEY,
-            )
-            .map_err(|e| StorageError::from_rocks(path, e))?
-        {
-            None => None,
-            Some(raw) => Some(decode_be_u64(&raw, path, "the log's start")?),
+        let meta_u64 = |key: &[u8], what: &str| -> Result<Option<u64>> {
+            let raw = db
+                .get_cf(db.cf_handle(CF_RAFT_META).expect("opened above"), key)
+                .map_err(|e| StorageError::from_rocks(path, e))?;
+            raw.map(|raw| decode_be_u64(&raw, path, what)).transpose()
         };
-        let log = SegmentLog::open(&path.join(LOG_DIR), start)?;
+        let start = meta_u64(LOG_START_KEY, "the log's start")?;
+        let newest = meta_u64(LOG_NEWEST_KEY, "the log's newest segment")?;
+        let db = Arc::new(db);
+        let log = SegmentLog::open(
+            &path.join(LOG_DIR),
+            start,
+            newest,
+            record_newest(Arc::clone(&db), path),
+        )?;
         if found != FORMAT_VERSION {
             let moved = migrate_log(&db, &log, path)?;
             tracing::info!(path = %path.display(), entries = moved, "data directory upgraded to format 3 (the Raft log moved from RocksDB to its own segment files)");
@@ -686,6 +696,23 @@ fn migrate_log(db: &DB, log: &SegmentLog, path: &Path) -> Result<u64> {
     Ok(moved)
 }
 
+/// How the log records its newest segment: in `raft_meta`, synced.
+fn record_newest(db: Arc<DB>, path: &Path) -> RecordNewest {
+    let path = path.to_path_buf();
+    Box::new(move |first| {
+        let meta = db.cf_handle(CF_RAFT_META).expect("opened with the engine");
+        let mut batch = WriteBatch::default();
+        match first {
+            Some(first) => batch.put_cf(meta, LOG_NEWEST_KEY, first.to_be_bytes()),
+            None => batch.delete_cf(meta, LOG_NEWEST_KEY),
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync)
+            .map_err(|e| StorageError::from_rocks(&path, e))
+    })
+}
+
 /// A big-endian `u64` stored by this crate (a log index, the log's start).
 fn decode_be_u64(raw: &[u8], path: &Path, what: &str) -> Result<u64> {
     <[u8; 8]>::try_from(raw)
@@ -752,6 +779,44 @@ mod tests {
         db.flush_wal(true).unwrap();
     }
 
+    /// A data directory whose `raft-log` was emptied (or replaced by an
+    /// empty one) is refused at open, with the reason, instead of coming
+    /// back as a replica that never had its acknowledged entries. A log
+    /// purged past every entry still opens.
+    #[test]
+    fn an_emptied_raft_log_directory_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let e = Engine::open(&path).unwrap();
+        e.append_log((1..=50u64).map(|i| (i, vec![7u8; 100])))
+            .unwrap();
+        drop(e);
+        drop(Engine::open(&path).unwrap());
+        std::fs::remove_dir_all(path.join(LOG_DIR)).unwrap();
+        match Engine::open(&path) {
+            Err(StorageError::Corrupt { path: at, detail }) => {
+                assert_eq!(at, path.join(LOG_DIR));
+                assert!(detail.contains("holds no entry"), "{detail}");
+            }
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(_) => panic!("an emptied log directory opened"),
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let e = Engine::open(&path).unwrap();
+        e.append_log((1..=50u64).map(|i| (i, vec![7u8; 100])))
+            .unwrap();
+        e.purge_log(50, ("last_purged", b"50")).unwrap();
+        drop(e);
+        let e = Engine::open(&path).unwrap();
+        assert_eq!(e.last_log().unwrap(), None);
+        e.append_log([(51u64, b"next".to_vec())]).unwrap();
+        drop(e);
+        let e = Engine::open(&path).unwrap();
+        assert_eq!(e.last_log().unwrap(), Some((51, b"next".to_vec())));
+    }
+
     /// A format-2 directory, whose Raft log lives in `raft_log`: its
     /// entries move to the segment files on open, format 3 is recorded (so
     /// a format-2 build refuses it instead of finding the log empty), and
@@ -779,7 +844,8 @@ mod tests {
         {
             // What a move cut short by a crash leaves: part of the log in
             // segment files, format 2 still recorded.
-            let partial = SegmentLog::open(&path.join(LOG_DIR), None).unwrap();
+            let partial =
+                SegmentLog::open(&path.join(LOG_DIR), None, None, Box::new(|_| Ok(()))).unwrap();
             partial
                 .append((5..=100u64).map(|i| (i, b"partial".to_vec())))
                 .unwrap();

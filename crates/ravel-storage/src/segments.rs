@@ -48,6 +48,14 @@
 //!   does this; Raft itself resumes at the start): it begins a segment of
 //!   its own whose header carries `STARTS_LOG`, which lets its first record
 //!   open the log.
+//! - The log's end is vouched for from outside its directory: once a new
+//!   segment's first record is synced, the first index of that segment is
+//!   recorded (by the engine, in RocksDB, synced), and lowered before a
+//!   truncation unlinks it. At open, a log that ends before the recorded
+//!   segment's first entry, when no purge has passed it, lost its newest
+//!   segments (or all of them: a directory emptied or replaced) and is
+//!   refused, where it would otherwise come back short, its acknowledged
+//!   entries gone, and vote and replicate as if it never had them.
 //!
 //! A sync that fails poisons the log: the kernel may have dropped the
 //! dirty pages it could not write, so what is on disk is unknown, and
@@ -132,6 +140,11 @@ impl State {
     }
 }
 
+/// Records, synced, where the newest segment starts (`None`: no segment
+/// to vouch for), somewhere that outlives the log's directory: the engine
+/// keeps it in RocksDB.
+pub(crate) type RecordNewest = Box<dyn Fn(Option<u64>) -> Result<()> + Send + Sync>;
+
 /// The Raft log of one replica in its directory of segments.
 pub(crate) struct SegmentLog {
     dir: PathBuf,
@@ -141,6 +154,9 @@ pub(crate) struct SegmentLog {
     /// is held only briefly, so reads never wait for a sync.
     writer: Mutex<()>,
     state: Mutex<State>,
+    /// Records, synced and outside this directory, the first index of the
+    /// newest segment (see the module's documentation).
+    record_newest: RecordNewest,
     /// Syncs run so far (tests check that every mutation syncs).
     #[cfg(test)]
     syncs: std::sync::atomic::AtomicU64,
@@ -316,12 +332,25 @@ impl SegmentLog {
     /// Opens (creating it if need be) the log in `dir`. `start` is the
     /// lowest index kept, as the last purge recorded it (`None`: never
     /// purged); entries below it are ignored and the segments holding only
-    /// such entries unlinked.
-    pub(crate) fn open(dir: &Path, start: Option<u64>) -> Result<Self> {
-        Self::open_with(dir, start, SEGMENT_BYTES)
+    /// such entries unlinked. `newest` is the first index of the newest
+    /// segment, as `record_newest` last recorded it: a log that ends before
+    /// it (past `start`) lost segments, an error.
+    pub(crate) fn open(
+        dir: &Path,
+        start: Option<u64>,
+        newest: Option<u64>,
+        record_newest: RecordNewest,
+    ) -> Result<Self> {
+        Self::open_with(dir, start, newest, record_newest, SEGMENT_BYTES)
     }
 
-    pub(crate) fn open_with(dir: &Path, start: Option<u64>, segment_bytes: u64) -> Result<Self> {
+    pub(crate) fn open_with(
+        dir: &Path,
+        start: Option<u64>,
+        newest: Option<u64>,
+        record_newest: RecordNewest,
+        segment_bytes: u64,
+    ) -> Result<Self> {
         if !dir.is_dir() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             if let Some(parent) = dir.parent() {
@@ -346,7 +375,7 @@ impl SegmentLog {
             poisoned: None,
             truncations: 0,
         };
-        let mut unlinked = false;
+        let mut doomed = Vec::new();
         let count = named.len();
         for (n, (first, path)) in named.into_iter().enumerate() {
             let last_file = n + 1 == count;
@@ -417,9 +446,9 @@ impl SegmentLog {
                 kept += 1;
             }
             if kept == 0 {
-                // Only purged entries (or none, or a torn header): gone.
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
-                unlinked = true;
+                // Only purged entries (or none, or a torn header): gone,
+                // once the log is known whole (below).
+                doomed.push(path);
                 continue;
             }
             if last_file {
@@ -441,14 +470,39 @@ impl SegmentLog {
                 len: scanned.valid_len,
             });
         }
-        if unlinked {
+        if let Some(newest) = newest.filter(|n| *n >= start) {
+            if state.last_index().is_none_or(|last| last < newest) {
+                let held = match state.last_index() {
+                    Some(last) => format!("ends at entry {last}"),
+                    None => "holds no entry".to_string(),
+                };
+                return Err(StorageError::Corrupt {
+                    path: dir.to_path_buf(),
+                    detail: format!(
+                        "the Raft log {held}, but a segment starting at entry {newest} was written and not purged: its newest segments are missing (a lost, emptied or replaced log directory?)"
+                    ),
+                });
+            }
+        }
+        for path in &doomed {
+            std::fs::remove_file(path).map_err(io_err(path))?;
+        }
+        if !doomed.is_empty() {
             sync_dir(dir)?;
+        }
+        // What opened is what the next open checks against (a directory
+        // from before the record existed, or a truncation cut short after
+        // lowering it).
+        let found = state.segments.last().map(|seg| seg.first);
+        if found.is_some() && found != newest {
+            record_newest(found)?;
         }
         Ok(SegmentLog {
             dir: dir.to_path_buf(),
             segment_bytes,
             writer: Mutex::new(()),
             state: Mutex::new(state),
+            record_newest,
             #[cfg(test)]
             syncs: Default::default(),
         })
@@ -584,6 +638,14 @@ impl SegmentLog {
         self.synced(&path, file.sync_data())?;
         if created {
             self.synced(&self.dir, sync_dir_io(&self.dir))?;
+            // Its first record is durable: from now on the log may not end
+            // before it. A failure poisons the log like a failed sync (the
+            // segment is on disk, the record of it unknown).
+            if let Err(e) = (self.record_newest)(Some(first)) {
+                self.state().poisoned =
+                    Some(format!("recording the new segment {}: {e}", path.display()));
+                return Err(e);
+            }
         }
         let mut s = self.state();
         if created {
@@ -631,7 +693,7 @@ impl SegmentLog {
     }
 
     fn truncate_files(&self, since: u64) -> Result<()> {
-        let (doomed, cut) = {
+        let (doomed, cut, kept) = {
             let s = self.state();
             let Some(last) = s.last_index() else {
                 return Ok(());
@@ -656,8 +718,18 @@ impl SegmentLog {
                 .find(|seg| seg.first < since)
                 .filter(|seg| Arc::ptr_eq(&seg.file, &loc.file))
                 .map(|seg| (seg.file.clone(), seg.path.clone(), loc.offset));
-            (doomed, cut)
+            // The newest segment left, recorded before any is unlinked.
+            let kept = s
+                .segments
+                .iter()
+                .rev()
+                .find(|seg| seg.first < since)
+                .map(|seg| seg.first);
+            (doomed, cut, kept)
         };
+        if !doomed.is_empty() {
+            (self.record_newest)(kept)?;
+        }
         for path in doomed.iter().rev() {
             std::fs::remove_file(path).map_err(io_err(path))?;
         }
@@ -873,6 +945,9 @@ impl SegmentLog {
             s.floor = 0;
             s.segments.drain(..).map(|seg| seg.path).collect()
         };
+        if !doomed.is_empty() {
+            (self.record_newest)(None)?;
+        }
         for path in doomed.iter().rev() {
             std::fs::remove_file(path).map_err(io_err(path))?;
         }
@@ -883,6 +958,15 @@ impl SegmentLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log with nothing recorded outside its directory.
+    fn plain_with(dir: &Path, start: Option<u64>, segment_bytes: u64) -> Result<SegmentLog> {
+        SegmentLog::open_with(dir, start, None, Box::new(|_| Ok(())), segment_bytes)
+    }
+
+    fn plain(dir: &Path, start: Option<u64>) -> Result<SegmentLog> {
+        plain_with(dir, start, SEGMENT_BYTES)
+    }
 
     fn payload(i: u64) -> Vec<u8> {
         format!("entry-{i}-")
@@ -901,7 +985,7 @@ mod tests {
     /// A log in `dir` with segments of 256 bytes, holding entries 1..=`n`
     /// appended one at a time (so they spread over many segments).
     fn small_segments(dir: &Path, n: u64) -> SegmentLog {
-        let log = SegmentLog::open_with(dir, None, 256).unwrap();
+        let log = plain_with(dir, None, 256).unwrap();
         for i in 1..=n {
             append(&log, i..=i);
         }
@@ -943,7 +1027,7 @@ mod tests {
         assert_eq!(indexes(&log.read(39, Some(100), 0).unwrap()), vec![39]);
         assert!(log.read(41, None, usize::MAX).unwrap().is_empty());
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             (1..=40).collect::<Vec<_>>()
@@ -953,7 +1037,7 @@ mod tests {
     #[test]
     fn truncation_across_segments_does_not_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         append(&log, 1..=40);
         for i in 41..=80 {
             append(&log, i..=i);
@@ -963,7 +1047,7 @@ mod tests {
         // Overwriting from 15 with another term's payloads.
         log.append((15..=30).map(|i| (i, b"new".to_vec()))).unwrap();
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         let got = log.read(0, None, usize::MAX).unwrap();
         assert_eq!(indexes(&got), (1..=30).collect::<Vec<_>>());
         assert_eq!(got[13].1, payload(14));
@@ -973,7 +1057,7 @@ mod tests {
         assert_eq!(log.last().unwrap(), None);
         append(&log, 1..=3);
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             vec![1, 2, 3]
@@ -992,7 +1076,7 @@ mod tests {
         drop(log);
         // The caller recorded start 31: the entries below it that share a
         // segment with kept ones stay hidden.
-        let log = SegmentLog::open_with(dir.path(), Some(31), 256).unwrap();
+        let log = plain_with(dir.path(), Some(31), 256).unwrap();
         assert_eq!(log.first_index(), Some(31));
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
@@ -1005,7 +1089,7 @@ mod tests {
         assert!(segment_files(dir.path()).is_empty());
         log.append([(101u64, b"x"), (102, b"y")]).unwrap();
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), Some(101), 256).unwrap();
+        let log = plain_with(dir.path(), Some(101), 256).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             vec![101, 102]
@@ -1024,7 +1108,7 @@ mod tests {
         append(&log, 31..=32);
         drop(log);
         std::fs::write(&first, saved).unwrap();
-        let log = SegmentLog::open_with(dir.path(), Some(31), 256).unwrap();
+        let log = plain_with(dir.path(), Some(31), 256).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             vec![31, 32]
@@ -1038,7 +1122,7 @@ mod tests {
     #[test]
     fn a_lost_first_segment_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         for i in 0..=60 {
             append(&log, i..=i);
         }
@@ -1047,7 +1131,7 @@ mod tests {
         let files = segment_files(dir.path());
         assert!(files.len() > 2, "{files:?}");
         std::fs::remove_file(dir.path().join(&files[0])).unwrap();
-        let err = SegmentLog::open_with(dir.path(), Some(21), 256)
+        let err = plain_with(dir.path(), Some(21), 256)
             .err()
             .expect("a lost first segment must not open");
         assert!(
@@ -1056,16 +1140,160 @@ mod tests {
         );
         // Never purged: the log must start at entry 0.
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         for i in 0..=60 {
             append(&log, i..=i);
         }
         drop(log);
         std::fs::remove_file(dir.path().join(segment_name(0))).unwrap();
-        let err = SegmentLog::open_with(dir.path(), None, 256)
+        let err = plain_with(dir.path(), None, 256)
             .err()
             .expect("a lost first segment must not open");
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    }
+
+    /// The record of the newest segment, kept here as the engine keeps it
+    /// in RocksDB.
+    type Newest = Arc<Mutex<Option<u64>>>;
+
+    /// A log in `dir` whose newest segment is recorded in `newest`.
+    fn recorded(dir: &Path, start: Option<u64>, newest: &Newest) -> Result<SegmentLog> {
+        let cell = newest.clone();
+        let now = *newest.lock().unwrap();
+        SegmentLog::open_with(
+            dir,
+            start,
+            now,
+            Box::new(move |first| {
+                *cell.lock().unwrap() = first;
+                Ok(())
+            }),
+            256,
+        )
+    }
+
+    fn refused(dir: &Path, start: Option<u64>, newest: &Newest) -> String {
+        match recorded(dir, start, newest) {
+            Err(StorageError::Corrupt { detail, .. }) => detail,
+            Err(e) => panic!("expected Corrupt, got {e}"),
+            Ok(log) => panic!(
+                "a log missing its newest segments opened, holding {:?}",
+                log.last().unwrap().map(|(i, _)| i)
+            ),
+        }
+    }
+
+    /// A log directory emptied of every segment, or missing its newest
+    /// ones, would open as a shorter log: its acknowledged entries gone
+    /// with nothing to say so. The newest segment, recorded outside the
+    /// directory, makes it an error at open.
+    #[test]
+    fn lost_newest_segments_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let newest = Newest::default();
+        let log = recorded(dir.path(), None, &newest).unwrap();
+        for i in 0..=60 {
+            append(&log, i..=i);
+        }
+        drop(log);
+        let files = segment_files(dir.path());
+        assert!(files.len() > 2, "{files:?}");
+        let last = parse_segment_name(files.last().unwrap()).unwrap();
+        assert_eq!(*newest.lock().unwrap(), Some(last));
+
+        // Reopened whole: fine, and the record is unchanged.
+        drop(recorded(dir.path(), None, &newest).unwrap());
+        assert_eq!(*newest.lock().unwrap(), Some(last));
+
+        // The newest segment lost.
+        let saved = std::fs::read(dir.path().join(&files[files.len() - 1])).unwrap();
+        std::fs::remove_file(dir.path().join(&files[files.len() - 1])).unwrap();
+        let detail = refused(dir.path(), None, &newest);
+        assert!(
+            detail.contains(&format!("ends at entry {}", last - 1))
+                && detail.contains(&format!("starting at entry {last}")),
+            "{detail}"
+        );
+        // Nothing was unlinked by the refused open; put back, it opens.
+        assert_eq!(segment_files(dir.path()).len(), files.len() - 1);
+        std::fs::write(dir.path().join(&files[files.len() - 1]), saved).unwrap();
+        let log = recorded(dir.path(), None, &newest).unwrap();
+        assert_eq!(log.last().unwrap().unwrap().0, 60);
+        drop(log);
+
+        // Every segment lost.
+        for name in segment_files(dir.path()) {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        let detail = refused(dir.path(), None, &newest);
+        assert!(detail.contains("holds no entry"), "{detail}");
+        // And with a recorded start below the newest segment.
+        let detail = refused(dir.path(), Some(5), &newest);
+        assert!(detail.contains("holds no entry"), "{detail}");
+    }
+
+    /// A truncation that unlinks the newest segments lowers the record
+    /// first; a purge past every entry leaves a record below the start,
+    /// which no longer binds; a directory from before the record existed
+    /// gets one at open.
+    #[test]
+    fn truncations_purges_and_old_directories_keep_the_record_true() {
+        let dir = tempfile::tempdir().unwrap();
+        let newest = Newest::default();
+        let log = recorded(dir.path(), None, &newest).unwrap();
+        for i in 0..=60 {
+            append(&log, i..=i);
+        }
+        let before = *newest.lock().unwrap();
+        log.truncate(30).unwrap();
+        let kept = log.state().segments.last().unwrap().first;
+        assert!(kept < 30 && Some(kept) < before);
+        assert_eq!(*newest.lock().unwrap(), Some(kept));
+        // A truncation within the newest segment leaves it as it is.
+        log.truncate(29).unwrap();
+        assert_eq!(*newest.lock().unwrap(), Some(kept));
+        drop(log);
+        let log = recorded(dir.path(), None, &newest).unwrap();
+        assert_eq!(log.last().unwrap().unwrap().0, 28);
+
+        // Purged past every entry: no segment left, nothing refused.
+        log.purge(28).unwrap();
+        drop(log);
+        assert!(segment_files(dir.path()).is_empty());
+        let log = recorded(dir.path(), Some(29), &newest).unwrap();
+        assert_eq!(log.last().unwrap(), None);
+        // The next append records its segment again.
+        append(&log, 29..=29);
+        assert_eq!(*newest.lock().unwrap(), Some(29));
+        drop(log);
+
+        // A directory with segments and no record: recorded at open.
+        let none = Newest::default();
+        drop(recorded(dir.path(), Some(29), &none).unwrap());
+        assert_eq!(*none.lock().unwrap(), Some(29));
+    }
+
+    /// A failed record of a new segment fails the append and poisons the
+    /// log, as a failed sync does.
+    #[test]
+    fn a_failed_record_poisons_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open_with(
+            dir.path(),
+            None,
+            None,
+            Box::new(|_| {
+                Err(StorageError::Io {
+                    path: PathBuf::from("meta"),
+                    source: std::io::Error::other("disk gone"),
+                })
+            }),
+            256,
+        )
+        .unwrap();
+        assert!(log.append([(0u64, b"a")]).is_err());
+        let err = log.append([(0u64, b"a")]).unwrap_err().to_string();
+        assert!(err.contains("restart the replica"), "{err}");
     }
 
     /// An append past the start into an empty log (openraft's storage
@@ -1074,13 +1302,13 @@ mod tests {
     #[test]
     fn an_append_past_the_start_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         append(&log, 0..=5);
         log.purge(5).unwrap();
         log.append([(9u64, &b"nine"[..]), (10, &b"ten"[..])])
             .unwrap();
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), Some(6), 256).unwrap();
+        let log = plain_with(dir.path(), Some(6), 256).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             vec![9, 10]
@@ -1088,14 +1316,14 @@ mod tests {
         // Replacing the flagged segment's first entry flags its successor.
         log.append([(9u64, b"NINE")]).unwrap();
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), Some(6), 256).unwrap();
+        let log = plain_with(dir.path(), Some(6), 256).unwrap();
         assert_eq!(
             log.read(0, None, usize::MAX).unwrap(),
             vec![(9, b"NINE".to_vec())]
         );
         // An append at the start does not need the flag, and does not set it.
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         log.purge(5).unwrap();
         for i in 6..=40 {
             append(&log, i..=i);
@@ -1103,13 +1331,13 @@ mod tests {
         drop(log);
         let files = segment_files(dir.path());
         std::fs::remove_file(dir.path().join(&files[0])).unwrap();
-        assert!(SegmentLog::open_with(dir.path(), Some(6), 256).is_err());
+        assert!(plain_with(dir.path(), Some(6), 256).is_err());
     }
 
     #[test]
     fn a_torn_tail_is_cut_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open(dir.path(), None).unwrap();
+        let log = plain(dir.path(), None).unwrap();
         append(&log, 1..=10);
         let good = records_end(&log);
         drop(log);
@@ -1120,7 +1348,7 @@ mod tests {
         encode_record(&mut torn, 11, b"never acknowledged").unwrap();
         torn.truncate(torn.len() - 5);
         write_at(&path, good, &torn);
-        let log = SegmentLog::open(dir.path(), None).unwrap();
+        let log = plain(dir.path(), None).unwrap();
         assert_eq!(log.last().unwrap().unwrap().0, 10);
         assert_eq!(records_end(&log), good);
         // Cut, and preallocated again: what follows the records is zeros.
@@ -1132,7 +1360,7 @@ mod tests {
         drop(log);
         // A complete record whose bytes were not all written: its checksum.
         write_at(&path, end - 2, b"\xff");
-        let log = SegmentLog::open(dir.path(), None).unwrap();
+        let log = plain(dir.path(), None).unwrap();
         assert_eq!(log.last().unwrap().unwrap().0, 11);
     }
 
@@ -1142,7 +1370,7 @@ mod tests {
     #[test]
     fn bytes_past_a_header_of_zeros_are_cleared_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         append(&log, 1..=1);
         append(&log, 2..=2);
         let end = records_end(&log);
@@ -1151,13 +1379,13 @@ mod tests {
         encode_record(&mut orphan, 3, &[0x5a; 1000]).unwrap();
         orphan[..RECORD_HEADER].fill(0);
         write_at(&dir.path().join(segment_name(1)), end, &orphan);
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         for i in 3..=20 {
             append(&log, i..=i);
         }
         assert!(segment_files(dir.path()).len() > 2);
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             (1..=20).collect::<Vec<_>>()
@@ -1170,13 +1398,13 @@ mod tests {
     #[test]
     fn segments_are_preallocated_and_zeros_end_them() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 64 << 10).unwrap();
+        let log = plain_with(dir.path(), None, 64 << 10).unwrap();
         append(&log, 0..=3);
         let path = dir.path().join(segment_name(0));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 64 << 10);
         assert!(log.disk_bytes() >= 64 << 10);
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), None, 64 << 10).unwrap();
+        let log = plain_with(dir.path(), None, 64 << 10).unwrap();
         assert_eq!(
             indexes(&log.read(0, None, usize::MAX).unwrap()),
             vec![0, 1, 2, 3]
@@ -1190,7 +1418,7 @@ mod tests {
         assert_eq!(bytes.len(), 64 << 10);
         assert!(bytes[end as usize..].iter().all(|b| *b == 0));
         drop(log);
-        let log = SegmentLog::open_with(dir.path(), None, 64 << 10).unwrap();
+        let log = plain_with(dir.path(), None, 64 << 10).unwrap();
         assert_eq!(indexes(&log.read(0, None, usize::MAX).unwrap()), vec![0, 1]);
         // A segment created and preallocated, then never written (a crash
         // before its first sync): no entries, and removed on open.
@@ -1200,7 +1428,7 @@ mod tests {
         let f = File::create(&empty).unwrap();
         preallocate(&f, 0, 64 << 10);
         drop(f);
-        let log = SegmentLog::open_with(dir.path(), None, 64 << 10).unwrap();
+        let log = plain_with(dir.path(), None, 64 << 10).unwrap();
         assert_eq!(log.last().unwrap().unwrap().0, 2);
         assert!(!empty.exists());
     }
@@ -1214,7 +1442,7 @@ mod tests {
         let mut bytes = std::fs::read(&first).unwrap();
         bytes[HEADER as usize + RECORD_HEADER] ^= 0xff;
         std::fs::write(&first, &bytes).unwrap();
-        let err = SegmentLog::open_with(dir.path(), None, 256)
+        let err = plain_with(dir.path(), None, 256)
             .err()
             .expect("damage is reported");
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
@@ -1225,7 +1453,7 @@ mod tests {
         drop(log);
         let second = segment_files(dir.path())[1].clone();
         std::fs::remove_file(dir.path().join(second)).unwrap();
-        let err = SegmentLog::open_with(dir.path(), None, 256)
+        let err = plain_with(dir.path(), None, 256)
             .err()
             .expect("the hole is reported");
         assert!(err.to_string().contains("missing"), "{err}");
@@ -1236,7 +1464,7 @@ mod tests {
     #[test]
     fn every_append_and_truncation_syncs_before_it_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open_with(dir.path(), None, 256).unwrap();
+        let log = plain_with(dir.path(), None, 256).unwrap();
         let syncs = || log.syncs.load(std::sync::atomic::Ordering::Relaxed);
         for i in 1..=40 {
             let before = syncs();
@@ -1255,7 +1483,7 @@ mod tests {
     #[test]
     fn entries_below_the_purged_start_give_way_to_the_log_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open(dir.path(), None).unwrap();
+        let log = plain(dir.path(), None).unwrap();
         log.purge(2).unwrap();
         log.append([(1u64, b"stale")]).unwrap();
         log.append([(3u64, b"three")]).unwrap();
@@ -1263,14 +1491,14 @@ mod tests {
         let err = log.append([(5u64, b"five")]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         drop(log);
-        let log = SegmentLog::open(dir.path(), Some(3)).unwrap();
+        let log = plain(dir.path(), Some(3)).unwrap();
         assert_eq!(indexes(&log.read(0, None, usize::MAX).unwrap()), vec![3]);
     }
 
     #[test]
     fn a_gap_in_an_append_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SegmentLog::open(dir.path(), None).unwrap();
+        let log = plain(dir.path(), None).unwrap();
         append(&log, 1..=3);
         let err = log.append([(5u64, b"x")]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
@@ -1284,7 +1512,7 @@ mod tests {
     #[test]
     fn a_read_that_overlaps_a_truncation_returns_one_version() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(SegmentLog::open_with(dir.path(), None, 2048).unwrap());
+        let log = Arc::new(plain_with(dir.path(), None, 2048).unwrap());
         let tagged =
             |round: u64| (50..=120u64).map(move |i| (i, format!("round {round} entry {i}")));
         log.append((1..50u64).map(|i| (i, format!("stable {i}"))))
@@ -1318,7 +1546,7 @@ mod tests {
     #[test]
     fn reads_see_every_entry_while_appends_run() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(SegmentLog::open_with(dir.path(), None, 4096).unwrap());
+        let log = Arc::new(plain_with(dir.path(), None, 4096).unwrap());
         let writer = {
             let log = log.clone();
             std::thread::spawn(move || {
