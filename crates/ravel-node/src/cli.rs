@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use ravel_runtime::logging::{self, LogFormat};
 use ravel_transport::ChannelPool;
 
-use crate::config::{ConfigError, Credentials, NodeConfig, Overrides};
+use crate::config::{ConfigError, Credentials, NodeConfig, Overrides, RuntimeSettings};
 use crate::kill;
 use crate::node::{Node, NodeError, StartOptions};
 
@@ -95,11 +95,12 @@ const DEFAULT_LOG_FILTER: &str = "info,openraft=error";
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    // A replica's runtime is built from its settings, once they are read.
+    let runtime = |settings: &RuntimeSettings| match settings.build() {
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("ravel-node: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
     };
     match cli.command {
@@ -125,6 +126,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let Some(rt) = runtime(&cfg.runtime) else {
+                return ExitCode::FAILURE;
+            };
             logging::init(cfg.log_format, DEFAULT_LOG_FILTER);
             rt.block_on(run(cfg))
         }
@@ -141,6 +145,9 @@ pub fn main() -> ExitCode {
                     eprintln!("ravel-node health: {e}");
                     return ExitCode::from(2);
                 }
+            };
+            let Some(rt) = runtime(&RuntimeSettings::default()) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(async {
                 tokio::time::timeout(timeout, health(&addr, &service, &creds)).await
@@ -177,6 +184,9 @@ pub fn main() -> ExitCode {
                 }
             };
             let timeout = Duration::from_secs(timeout_secs);
+            let Some(rt) = runtime(&RuntimeSettings::default()) else {
+                return ExitCode::FAILURE;
+            };
             match rt.block_on(kill::kill(&storage_dir, &creds, timeout)) {
                 Ok(()) => {
                     println!(

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     #[serde(default)]
     pub storage: StorageSettings,
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
     /// `text` or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -187,6 +189,29 @@ impl StorageSettings {
     }
 }
 
+/// The node's async runtime (tokio's, multi-threaded).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Worker threads; unset: one per core, or what tokio's
+    /// `TOKIO_WORKER_THREADS` says. Replicas that share a small host with
+    /// each other (a test or benchmark machine) spend less CPU per request
+    /// with one each (docs/operations.md).
+    pub worker_threads: Option<usize>,
+}
+
+impl RuntimeSettings {
+    /// The runtime these settings describe.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all();
+        if let Some(n) = self.worker_threads {
+            b.worker_threads(n);
+        }
+        b.build()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -323,6 +348,11 @@ impl NodeConfig {
                 "must be between 1 and 1048576 (MiB)",
             );
         }
+        if let Some(n) = self.runtime.worker_threads {
+            if !(1..=1024).contains(&n) {
+                return invalid("runtime.worker_threads", "must be between 1 and 1024");
+            }
+        }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > ravel_proto::limits::MAX_KEY_BYTES {
             return invalid("limits.max_key_bytes", "must be between 1 byte and 64 KiB");
@@ -450,6 +480,7 @@ const ENV_KEYS: &[&str] = &[
     "snapshot",
     "limits",
     "storage",
+    "runtime",
 ];
 
 impl Limits {
@@ -519,6 +550,27 @@ admin_addr = "127.0.0.1:7000"
         );
         let e = NodeConfig::load(Some(&p), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("storage.block_cache_mib"), "{e}");
+    }
+
+    /// The runtime's worker count: unset by default, read from the file
+    /// or the environment, checked, and what the built runtime runs.
+    #[test]
+    fn runtime_worker_threads_are_read_checked_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, MINIMAL);
+        let cfg = NodeConfig::load_with_env(Some(&p), &Overrides::default(), []).unwrap();
+        assert_eq!(cfg.runtime.worker_threads, None);
+        let p = write(&dir, &format!("{MINIMAL}\n[runtime]\nworker_threads = 3\n"));
+        let cfg = NodeConfig::load_with_env(Some(&p), &Overrides::default(), []).unwrap();
+        assert_eq!(cfg.runtime.worker_threads, Some(3));
+        let rt = cfg.runtime.build().unwrap();
+        assert_eq!(rt.metrics().num_workers(), 3);
+        let env = [("RAVEL_RUNTIME__WORKER_THREADS".to_string(), "1".to_string())];
+        let cfg = NodeConfig::load_with_env(Some(&p), &Overrides::default(), env).unwrap();
+        assert_eq!(cfg.runtime.build().unwrap().metrics().num_workers(), 1);
+        let p = write(&dir, &format!("{MINIMAL}\n[runtime]\nworker_threads = 0\n"));
+        let e = NodeConfig::load_with_env(Some(&p), &Overrides::default(), []).unwrap_err();
+        assert!(e.to_string().contains("runtime.worker_threads"), "{e}");
     }
 
     #[test]

@@ -244,6 +244,7 @@ impl TestSystem {
             snapshot: self.settings.snapshot.clone(),
             limits: self.settings.limits.clone(),
             storage: Default::default(),
+            runtime: Default::default(),
             log_format: Default::default(),
             source_ip: None,
             // Every test node serves metrics (on a port of its own).
