@@ -1172,6 +1172,15 @@ mod tests {
         )
     }
 
+    /// Entries 0..=60 appended one at a time, over many segments.
+    fn recorded_segments(dir: &Path, newest: &Newest) -> SegmentLog {
+        let log = recorded(dir, None, newest).unwrap();
+        for i in 0..=60 {
+            append(&log, i..=i);
+        }
+        log
+    }
+
     fn refused(dir: &Path, start: Option<u64>, newest: &Newest) -> String {
         match recorded(dir, start, newest) {
             Err(StorageError::Corrupt { detail, .. }) => detail,
@@ -1191,10 +1200,7 @@ mod tests {
     fn lost_newest_segments_are_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let newest = Newest::default();
-        let log = recorded(dir.path(), None, &newest).unwrap();
-        for i in 0..=60 {
-            append(&log, i..=i);
-        }
+        let log = recorded_segments(dir.path(), &newest);
         drop(log);
         let files = segment_files(dir.path());
         assert!(files.len() > 2, "{files:?}");
@@ -1240,10 +1246,7 @@ mod tests {
     fn truncations_purges_and_old_directories_keep_the_record_true() {
         let dir = tempfile::tempdir().unwrap();
         let newest = Newest::default();
-        let log = recorded(dir.path(), None, &newest).unwrap();
-        for i in 0..=60 {
-            append(&log, i..=i);
-        }
+        let log = recorded_segments(dir.path(), &newest);
         let before = *newest.lock().unwrap();
         log.truncate(30).unwrap();
         let kept = log.state().segments.last().unwrap().first;
