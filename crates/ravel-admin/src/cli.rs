@@ -47,7 +47,7 @@ pub fn main() -> ExitCode {
         }
     };
     logging::init(cfg.log_format, "info");
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match cfg.runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ravel-admin: cannot start the async runtime: {e}");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ravel_runtime::config::ConfigError;
-use ravel_runtime::config::{check_addr, Sources};
+use ravel_runtime::config::{check_addr, RuntimeSettings, Sources};
 use ravel_runtime::logging::LogFormat;
 use ravel_runtime::tls::TlsFiles;
 use serde::Deserialize;
@@ -59,6 +59,8 @@ pub struct AdminConfig {
     /// for the nodes' CPU and disk; this caps what it takes.
     #[serde(default)]
     pub relocation_mib_per_s: u64,
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
 }
 
 fn default_max_key() -> usize {
@@ -95,6 +97,7 @@ const ENV_KEYS: &[&str] = &[
     "tls",
     "auth_token_file",
     "relocation_mib_per_s",
+    "runtime",
 ];
 
 /// Values given on the command line (the flags of existing deployments).
@@ -122,6 +125,7 @@ impl AdminConfig {
             tls: None,
             auth_token_file: None,
             relocation_mib_per_s: 0,
+            runtime: RuntimeSettings::default(),
         }
     }
 
@@ -168,6 +172,7 @@ impl AdminConfig {
         }
         check_addr("http_addr", &self.http_addr)?;
         check_addr("grpc_addr", &self.grpc_addr)?;
+        self.runtime.check()?;
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 {
             return Err(ConfigError::invalid(
                 "max_value_bytes",
@@ -229,5 +234,19 @@ mod tests {
         assert!(err.to_string().contains("ring.load"), "{err}");
         let err = AdminConfig::load_with_env(None, &Overrides::default(), env(&[])).unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
+        let cfg = AdminConfig::load_with_env(
+            None,
+            &o,
+            env(&[("RAVEL_ADMIN_RUNTIME__WORKER_THREADS", "2")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.runtime.worker_threads, Some(2));
+        let err = AdminConfig::load_with_env(
+            None,
+            &o,
+            env(&[("RAVEL_ADMIN_RUNTIME__WORKER_THREADS", "0")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ravel_runtime::config::ConfigError;
+pub use ravel_runtime::config::RuntimeSettings;
 use ravel_runtime::config::{check_addr, check_advertisable, Sources};
 use ravel_runtime::logging::LogFormat;
 use ravel_runtime::tls::{load_tls_setting, load_token_setting, TlsFiles, TlsPem, Token};
@@ -189,29 +190,6 @@ impl StorageSettings {
     }
 }
 
-/// The node's async runtime (tokio's, multi-threaded).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RuntimeSettings {
-    /// Worker threads; unset: one per core, or what tokio's
-    /// `TOKIO_WORKER_THREADS` says. Replicas that share a small host with
-    /// each other (a test or benchmark machine) spend less CPU per request
-    /// with one each (docs/operations.md).
-    pub worker_threads: Option<usize>,
-}
-
-impl RuntimeSettings {
-    /// The runtime these settings describe.
-    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.enable_all();
-        if let Some(n) = self.worker_threads {
-            b.worker_threads(n);
-        }
-        b.build()
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -348,11 +326,7 @@ impl NodeConfig {
                 "must be between 1 and 1048576 (MiB)",
             );
         }
-        if let Some(n) = self.runtime.worker_threads {
-            if !(1..=1024).contains(&n) {
-                return invalid("runtime.worker_threads", "must be between 1 and 1024");
-            }
-        }
+        self.runtime.check()?;
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > ravel_proto::limits::MAX_KEY_BYTES {
             return invalid("limits.max_key_bytes", "must be between 1 byte and 64 KiB");

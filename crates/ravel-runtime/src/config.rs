@@ -132,6 +132,41 @@ impl<'a> Sources<'a> {
     }
 }
 
+/// A process's async runtime (tokio's, multi-threaded): the `[runtime]`
+/// section of the node's and the admin's files.
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Worker threads; unset: one per core, or what tokio's
+    /// `TOKIO_WORKER_THREADS` says. Processes that share a small host
+    /// (a test or benchmark machine) spend less CPU per request with fewer
+    /// (docs/operations.md).
+    pub worker_threads: Option<usize>,
+}
+
+impl RuntimeSettings {
+    /// Checks the settings (`runtime.worker_threads`: 1 to 1024).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match self.worker_threads {
+            Some(n) if !(1..=1024).contains(&n) => Err(ConfigError::invalid(
+                "runtime.worker_threads",
+                "must be between 1 and 1024",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The runtime these settings describe.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all();
+        if let Some(n) = self.worker_threads {
+            b.worker_threads(n);
+        }
+        b.build()
+    }
+}
+
 /// Checks that `addr` is `HOST:PORT` (an IP or a name).
 pub fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
     if addr.parse::<SocketAddr>().is_ok() {
