@@ -978,6 +978,11 @@ mod tests {
         got.iter().map(|(i, _)| *i).collect()
     }
 
+    /// The indexes of every entry the log holds.
+    fn held(log: &SegmentLog) -> Vec<u64> {
+        indexes(&log.read(0, None, usize::MAX).unwrap())
+    }
+
     fn append(log: &SegmentLog, range: std::ops::RangeInclusive<u64>) {
         log.append(range.map(|i| (i, payload(i)))).unwrap();
     }
@@ -1028,10 +1033,7 @@ mod tests {
         assert!(log.read(41, None, usize::MAX).unwrap().is_empty());
         drop(log);
         let log = plain_with(dir.path(), None, 256).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            (1..=40).collect::<Vec<_>>()
-        );
+        assert_eq!(held(&log), (1..=40).collect::<Vec<_>>());
     }
 
     #[test]
@@ -1058,10 +1060,7 @@ mod tests {
         append(&log, 1..=3);
         drop(log);
         let log = plain_with(dir.path(), None, 256).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            vec![1, 2, 3]
-        );
+        assert_eq!(held(&log), vec![1, 2, 3]);
     }
 
     #[test]
@@ -1078,10 +1077,7 @@ mod tests {
         // segment with kept ones stay hidden.
         let log = plain_with(dir.path(), Some(31), 256).unwrap();
         assert_eq!(log.first_index(), Some(31));
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            (31..=60).collect::<Vec<_>>()
-        );
+        assert_eq!(held(&log), (31..=60).collect::<Vec<_>>());
         // Purged past the end (a snapshot installed beyond the log): empty,
         // no segment left, and the next append starts past the purge.
         log.purge(100).unwrap();
@@ -1090,10 +1086,7 @@ mod tests {
         log.append([(101u64, b"x"), (102, b"y")]).unwrap();
         drop(log);
         let log = plain_with(dir.path(), Some(101), 256).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            vec![101, 102]
-        );
+        assert_eq!(held(&log), vec![101, 102]);
     }
 
     /// A segment a crash brings back after a purge unlinked it holds only
@@ -1109,10 +1102,7 @@ mod tests {
         drop(log);
         std::fs::write(&first, saved).unwrap();
         let log = plain_with(dir.path(), Some(31), 256).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            vec![31, 32]
-        );
+        assert_eq!(held(&log), vec![31, 32]);
         assert!(!first.exists());
     }
 
@@ -1312,10 +1302,7 @@ mod tests {
             .unwrap();
         drop(log);
         let log = plain_with(dir.path(), Some(6), 256).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            vec![9, 10]
-        );
+        assert_eq!(held(&log), vec![9, 10]);
         // Replacing the flagged segment's first entry flags its successor.
         log.append([(9u64, b"NINE")]).unwrap();
         drop(log);
@@ -1389,10 +1376,7 @@ mod tests {
         assert!(segment_files(dir.path()).len() > 2);
         drop(log);
         let log = plain_with(dir.path(), None, 256).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            (1..=20).collect::<Vec<_>>()
-        );
+        assert_eq!(held(&log), (1..=20).collect::<Vec<_>>());
     }
 
     /// A new segment takes its full size at once, so appends overwrite
@@ -1408,10 +1392,7 @@ mod tests {
         assert!(log.disk_bytes() >= 64 << 10);
         drop(log);
         let log = plain_with(dir.path(), None, 64 << 10).unwrap();
-        assert_eq!(
-            indexes(&log.read(0, None, usize::MAX).unwrap()),
-            vec![0, 1, 2, 3]
-        );
+        assert_eq!(held(&log), vec![0, 1, 2, 3]);
         append(&log, 4..=5);
         assert_eq!(segment_files(dir.path()).len(), 1);
         // A truncation leaves zeros after the records it keeps.
@@ -1422,7 +1403,7 @@ mod tests {
         assert!(bytes[end as usize..].iter().all(|b| *b == 0));
         drop(log);
         let log = plain_with(dir.path(), None, 64 << 10).unwrap();
-        assert_eq!(indexes(&log.read(0, None, usize::MAX).unwrap()), vec![0, 1]);
+        assert_eq!(held(&log), vec![0, 1]);
         // A segment created and preallocated, then never written (a crash
         // before its first sync): no entries, and removed on open.
         append(&log, 2..=2);
@@ -1490,12 +1471,12 @@ mod tests {
         log.purge(2).unwrap();
         log.append([(1u64, b"stale")]).unwrap();
         log.append([(3u64, b"three")]).unwrap();
-        assert_eq!(indexes(&log.read(0, None, usize::MAX).unwrap()), vec![3]);
+        assert_eq!(held(&log), vec![3]);
         let err = log.append([(5u64, b"five")]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         drop(log);
         let log = plain(dir.path(), Some(3)).unwrap();
-        assert_eq!(indexes(&log.read(0, None, usize::MAX).unwrap()), vec![3]);
+        assert_eq!(held(&log), vec![3]);
     }
 
     #[test]
