@@ -7,6 +7,10 @@
 //! disk that has gone bad would. In-process tests arm points with [`arm`];
 //! real processes read `RAVEL_FAILPOINTS=point=after,point=after` (for every
 //! data directory of the process) on first use.
+//!
+//! A point can also be held ([`hold`]): the thread that reaches it waits
+//! there until the hold is released, as behind a disk that has stalled. The
+//! log's writer thread passes `log_write` before each write and sync.
 
 use std::path::Path;
 
@@ -24,7 +28,7 @@ pub const POINTS: [&str; 7] = [
 #[cfg(feature = "failpoints")]
 mod imp {
     use std::path::{Path, PathBuf};
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::{Condvar, Mutex, OnceLock};
 
     struct Armed {
         point: String,
@@ -67,6 +71,35 @@ mod imp {
         armed().lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// Held points, each with its data directory.
+    fn held() -> &'static (Mutex<Vec<(String, PathBuf)>>, Condvar) {
+        static HELD: OnceLock<(Mutex<Vec<(String, PathBuf)>>, Condvar)> = OnceLock::new();
+        HELD.get_or_init(|| (Mutex::new(Vec::new()), Condvar::new()))
+    }
+
+    pub fn hold(point: &str, dir: &Path) {
+        let (held, _) = held();
+        held.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((point.to_string(), dir.to_path_buf()));
+    }
+
+    pub fn release(point: &str, dir: &Path) {
+        let (held, wake) = held();
+        held.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, d)| !(p == point && d == dir));
+        wake.notify_all();
+    }
+
+    pub fn wait(point: &str, dir: &Path) {
+        let (held, wake) = held();
+        let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+        while h.iter().any(|(p, d)| p == point && dir.starts_with(d)) {
+            h = wake.wait(h).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     pub fn hit(point: &str, dir: &Path) -> std::io::Result<()> {
         let mut armed = armed().lock().unwrap_or_else(|p| p.into_inner());
         for a in armed.iter_mut() {
@@ -107,5 +140,45 @@ pub(crate) fn hit(point: &'static str, dir: &Path) -> std::io::Result<()> {
     {
         let _ = (point, dir);
         Ok(())
+    }
+}
+
+/// Holds `point` of the data directory `dir`: a thread reaching it waits
+/// until the returned guard is dropped (also when a test panics).
+#[cfg(feature = "failpoints")]
+pub fn hold(point: &str, dir: &Path) -> Held {
+    imp::hold(point, dir);
+    Held {
+        point: point.to_string(),
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// A [`hold`] in force; dropping it releases the point.
+#[cfg(feature = "failpoints")]
+#[must_use = "the point is released when this is dropped"]
+pub struct Held {
+    point: String,
+    dir: std::path::PathBuf,
+}
+
+#[cfg(feature = "failpoints")]
+impl Drop for Held {
+    fn drop(&mut self) {
+        imp::release(&self.point, &self.dir)
+    }
+}
+
+/// Waits while `point` of `dir` is held (a blocking wait: called on the
+/// log's writer thread only).
+#[inline]
+pub(crate) fn wait_if_held(point: &'static str, dir: &Path) {
+    #[cfg(feature = "failpoints")]
+    {
+        imp::wait(point, dir)
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = (point, dir);
     }
 }

@@ -9,11 +9,12 @@
 //! behind, a restart).
 //!
 //! What it holds is always the log's newest entries, contiguous: an append
-//! adds at the back (after the entries are durable), a truncation cuts the
-//! back (before the log is cut), and entries leave from the front once
-//! applied, purged, or when the cache is over its byte bound. So a read it
-//! can answer gets exactly what RocksDB would return, and a read it cannot
-//! falls through to RocksDB.
+//! adds at the back when it is handed to the log's writer, a truncation cuts
+//! the back (before the log is cut), and entries leave from the front once
+//! applied, purged, or when the cache is over its byte bound, but never
+//! before the writer has made them durable. So the entries it holds are the
+//! log's, and everything older than them is on disk: a read takes what it
+//! can from here and the rest from disk.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +23,8 @@ use crate::types::Entry;
 
 /// Default bound on the encoded bytes of entries kept: entries wait here
 /// only between their append and their apply, so this is reached only when
-/// the state machine falls behind (a follower catching up).
+/// the state machine falls behind (a follower catching up). Entries not yet
+/// durable are kept whatever the bound.
 pub const DEFAULT_RECENT_ENTRIES_BYTES: usize = 32 << 20;
 
 /// The newest log entries, shared by a [`crate::LogStore`], its readers and
@@ -38,6 +40,9 @@ struct Inner {
     entries: VecDeque<(Entry, usize)>,
     bytes: usize,
     max_bytes: usize,
+    /// The first and last index of each append handed to the writer and not
+    /// yet durable, oldest first (the writer finishes them in this order).
+    unwritten: VecDeque<(u64, u64)>,
 }
 
 impl Inner {
@@ -45,16 +50,30 @@ impl Inner {
         self.entries.front().map(|(e, _)| e.log_id.index)
     }
 
-    fn pop_front(&mut self) {
+    /// Drops the oldest entry unless it is not yet durable (then only the
+    /// cache has it). Returns whether it dropped one.
+    fn pop_front(&mut self) -> bool {
+        let Some(first) = self.first() else {
+            return false;
+        };
+        if self.unwritten.iter().any(|&(from, _)| from <= first) {
+            return false;
+        }
         if let Some((_, size)) = self.entries.pop_front() {
             self.bytes -= size;
         }
+        true
     }
 
     fn pop_back(&mut self) {
         if let Some((_, size)) = self.entries.pop_back() {
             self.bytes -= size;
         }
+    }
+
+    /// Drops the oldest durable entries while over the byte bound.
+    fn shrink(&mut self) {
+        while self.bytes > self.max_bytes && self.pop_front() {}
     }
 
     /// Position of `index` in `entries`, if held.
@@ -79,6 +98,7 @@ impl RecentEntries {
                 entries: VecDeque::new(),
                 bytes: 0,
                 max_bytes,
+                unwritten: VecDeque::new(),
             })),
         }
     }
@@ -89,14 +109,16 @@ impl RecentEntries {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records entries just made durable at the log's end, with their
-    /// encoded sizes. An append that does not follow the newest held entry
-    /// (after a snapshot install, or over entries not yet truncated) first
-    /// drops what it would contradict.
+    /// Records entries just handed to the log's writer, at the log's end,
+    /// with their encoded sizes: they stay here at least until
+    /// [`RecentEntries::written`] says they are durable. An append that does
+    /// not follow the newest held entry (after a snapshot install, or over
+    /// entries not yet truncated) first drops what it would contradict.
     pub(crate) fn appended(&self, entries: Vec<(Entry, usize)>) {
         let mut c = self.lock();
-        if c.max_bytes == 0 {
-            return;
+        if let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) {
+            let span = (first.log_id.index, last.log_id.index);
+            c.unwritten.push_back(span);
         }
         if let Some((first, _)) = entries.first() {
             // Held entries from `first` on are replaced; the rest is kept
@@ -118,9 +140,25 @@ impl RecentEntries {
             c.bytes += size;
             c.entries.push_back((entry, size));
         }
-        while c.bytes > c.max_bytes {
-            c.pop_front();
-        }
+        c.shrink();
+    }
+
+    /// The oldest append not yet durable is now durable (the writer
+    /// finishes appends in the order they were handed to it).
+    pub(crate) fn written(&self) {
+        let mut c = self.lock();
+        c.unwritten.pop_front();
+        c.shrink();
+    }
+
+    /// The log id of the newest entry held, if any: the log's last.
+    pub(crate) fn last_log_id(&self) -> Option<crate::types::LogId> {
+        self.lock().entries.back().map(|(e, _)| e.log_id)
+    }
+
+    /// The first index held, if any: every older entry is on disk.
+    pub(crate) fn first_index(&self) -> Option<u64> {
+        self.lock().first()
     }
 
     /// Drops entries with index `>= since` (a truncated suffix).
@@ -137,15 +175,16 @@ impl RecentEntries {
 
     /// Drops entries with index `<= upto`: applied (the state machine has
     /// them) or purged (gone from the log).
+    /// Entries not yet durable stay (a leader may apply an entry that its
+    /// followers made durable before it did).
     pub fn forget_upto(&self, upto: u64) {
         let mut c = self.lock();
-        while c.first().is_some_and(|i| i <= upto) {
-            c.pop_front();
-        }
+        while c.first().is_some_and(|i| i <= upto) && c.pop_front() {}
     }
 
     /// Entries `start..end` (`end`: exclusive, `None`: to the log's end),
     /// if every one of them is held.
+    #[cfg(test)]
     pub(crate) fn range(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
         let c = self.lock();
         let from = c.position(start)?;
@@ -157,16 +196,19 @@ impl RecentEntries {
         Some(c.entries.range(from..to).map(|(e, _)| e.clone()).collect())
     }
 
-    /// Like [`RecentEntries::range`] with `end`, but stopping once the
-    /// entries' encoded sizes add up to `max_bytes` (at least one entry):
-    /// what a replication RPC carries. `None` unless `start` is held.
+    /// Entries from `start` up to `end` (exclusive) or the last held,
+    /// stopping once the entries' encoded sizes add up to `max_bytes` (at
+    /// least one entry): what a replication RPC carries. `None` unless
+    /// `start` is held.
     pub(crate) fn limited(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
         let c = self.lock();
         let from = c.position(start)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for (entry, size) in c.entries.range(from..) {
-            if entry.log_id.index >= end || (!out.is_empty() && bytes + size > max_bytes) {
+            if entry.log_id.index >= end
+                || (!out.is_empty() && bytes.saturating_add(*size) > max_bytes)
+            {
                 break;
             }
             bytes += size;
@@ -221,10 +263,16 @@ mod tests {
         assert_eq!(indices(c.range(10, None)), None);
     }
 
+    /// Appends entries and marks them durable.
+    fn durable(c: &RecentEntries, r: std::ops::Range<u64>) {
+        c.appended(entries(r));
+        c.written();
+    }
+
     #[test]
     fn applied_and_purged_entries_leave_from_the_front() {
         let c = RecentEntries::new(1000);
-        c.appended(entries(1..6));
+        durable(&c, 1..6);
         c.forget_upto(3);
         assert_eq!(indices(c.range(3, None)), None);
         assert_eq!(indices(c.range(4, None)), Some(vec![4, 5]));
@@ -232,7 +280,7 @@ mod tests {
         c.forget_upto(100);
         assert_eq!(c.bytes(), 0);
         // An append after everything was forgotten starts afresh.
-        c.appended(entries(6..8));
+        durable(&c, 6..8);
         assert_eq!(indices(c.range(6, None)), Some(vec![6, 7]));
     }
 
@@ -262,7 +310,7 @@ mod tests {
     #[test]
     fn stays_within_its_bytes_and_bounds_replication_reads() {
         let c = RecentEntries::new(45);
-        c.appended(entries(1..10));
+        durable(&c, 1..10);
         assert!(c.bytes() <= 45);
         assert_eq!(indices(c.range(6, None)), Some(vec![6, 7, 8, 9]));
         assert_eq!(indices(c.limited(6, 100, 25)), Some(vec![6, 7]));
@@ -271,7 +319,35 @@ mod tests {
         assert_eq!(indices(c.limited(9, 100, 1)), Some(vec![9]));
         assert_eq!(indices(c.limited(2, 100, 1000)), None);
         let off = RecentEntries::new(0);
+        durable(&off, 1..3);
+        assert_eq!(indices(off.range(1, None)), None);
+    }
+
+    #[test]
+    fn entries_not_yet_durable_stay_whatever_the_bound_or_apply() {
+        let c = RecentEntries::new(25);
+        durable(&c, 1..4);
+        assert_eq!(c.first_index(), Some(2));
+        // Two appends queued to the writer, neither durable yet.
+        c.appended(entries(4..7));
+        c.appended(entries(7..9));
+        assert_eq!(c.first_index(), Some(4), "durable ones go first");
+        c.forget_upto(8);
+        assert_eq!(indices(c.range(4, None)), Some((4..9).collect()));
+        assert_eq!(c.bytes(), 50);
+        // The first is durable: it may go, the second may not.
+        c.written();
+        assert_eq!(c.first_index(), Some(7));
+        c.forget_upto(8);
+        assert_eq!(indices(c.range(7, None)), Some(vec![7, 8]));
+        c.written();
+        c.forget_upto(8);
+        assert_eq!(c.first_index(), None);
+        // With no room at all, entries stay only until durable.
+        let off = RecentEntries::new(0);
         off.appended(entries(1..3));
+        assert_eq!(indices(off.range(1, None)), Some(vec![1, 2]));
+        off.written();
         assert_eq!(indices(off.range(1, None)), None);
     }
 }

@@ -171,3 +171,30 @@ async fn snapshot_install_failure_stops_the_replica() {
     all_readable(&sys, &cluster, &acked).await;
     sys.shutdown().await;
 }
+
+/// The leader's disk stalls: its writes still commit, on the followers'
+/// copies (a leader replicates while its own sync runs, and counts itself
+/// once that sync is done). Once the disk moves again the leader has every
+/// entry and goes on leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_disk_does_not_hold_up_commits() {
+    let sys = TestSystem::start(1, 3).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    let mut acked = write(&sys, leader, 0..5).await;
+    let dir = sys.nodes[leader].node().data_dir().to_path_buf();
+    let held = failpoints::hold("log_write", &dir);
+    // Before, each write waited for the leader's own sync (here, forever):
+    // the request's deadline expired.
+    let during = tokio::time::timeout(Duration::from_secs(10), write(&sys, leader, 5..15)).await;
+    drop(held);
+    acked.extend(during.expect("writes waited for the leader's own stalled sync"));
+    assert_eq!(
+        sys.leader(&cluster, Duration::from_secs(10)).await,
+        leader,
+        "the leader lost its leadership over a slow disk"
+    );
+    acked.extend(write(&sys, leader, 15..20).await);
+    all_readable(&sys, &cluster, &acked).await;
+    sys.shutdown().await;
+}

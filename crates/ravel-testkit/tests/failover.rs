@@ -120,3 +120,35 @@ async fn the_admin_finds_the_new_leader_within_the_deadline() {
     sys.heal();
     sys.shutdown().await;
 }
+
+/// A restarted leader does not lead again in its old term (its followers
+/// may hold entries of that term that its own disk lost): it leads, if at
+/// all, after a new election, in a later term. A lone replica shows it
+/// plainly: before, it came back as the leader of the same term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_leads_only_in_a_new_term() {
+    let mut sys = TestSystem::start(1, 1).await;
+    let cluster = sys.cluster_ids()[0].clone();
+    let leader = sys.leader(&cluster, Duration::from_secs(10)).await;
+    sys.run(leader, "set", b"before", b"1").await.unwrap();
+    let term = |sys: &TestSystem| {
+        sys.nodes[leader]
+            .node()
+            .raft()
+            .metrics()
+            .borrow()
+            .current_term
+    };
+    let before = term(&sys);
+    sys.crash(leader).await;
+    sys.restart(leader).await;
+    assert_eq!(sys.leader(&cluster, Duration::from_secs(15)).await, leader);
+    let after = term(&sys);
+    assert!(
+        after > before,
+        "led again in term {after}, the term it led before the restart"
+    );
+    let got = sys.run(leader, "get", b"before", b"").await.unwrap();
+    assert_eq!(got.get_ref().data, b"1");
+    sys.shutdown().await;
+}

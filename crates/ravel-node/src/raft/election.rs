@@ -129,8 +129,8 @@ async fn local(raft: &Raft) -> Option<Local> {
     .ok()
 }
 
-/// The last entry of this replica's log (stored: an append still in flight
-/// may be missing, which only makes a candidate more modest).
+/// The last entry of this replica's log (appends queued to the log's writer
+/// included, as in openraft's own view of the log).
 pub(crate) async fn last_log_id(log: &LogStore) -> Result<Option<LogId>, String> {
     use openraft::storage::RaftLogStorage;
     let mut log = log.clone();

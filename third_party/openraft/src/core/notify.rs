@@ -42,6 +42,16 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
+    /// Ravel patch: a leader's append, submitted without waiting, is flushed (or
+    /// failed) in the log store.
+    LocalLogFlushed {
+        /// The leader's vote the entries were appended under.
+        vote: Vote<C::NodeId>,
+        /// The last entry of the append.
+        log_id: crate::LogId<C::NodeId>,
+        result: Result<(), crate::StorageError<C::NodeId>>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -87,6 +97,9 @@ where C: RaftTypeConfig
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, log_id: {}, ok: {}", vote, log_id, result.is_ok())
             }
         }
     }

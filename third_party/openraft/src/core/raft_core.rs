@@ -730,6 +730,42 @@ where
         Ok(())
     }
 
+    /// Ravel patch: submits entries to the log store without waiting for them to be
+    /// flushed; the flush is reported to this core as `Notify::LocalLogFlushed`.
+    pub(crate) async fn append_to_log_in_background<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+
+        self.log_store.append(entries, callback).await?;
+
+        let tx_notify = self.tx_notify.clone();
+        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
+        #[allow(clippy::let_underscore_future)]
+        let _ = C::AsyncRuntime::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_log_io_id)) => Ok(()),
+                Ok(Err(e)) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
+                Err(e) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1374,6 +1410,17 @@ where
                 }
             }
 
+            // Ravel patch: the leader's own append is durable; only now does it count
+            // towards a quorum, and only for the leadership that appended it.
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                result?;
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::StateMachine { command_result } => {
                 tracing::debug!("sm::StateMachine command result: {:?}", command_result);
 
@@ -1636,6 +1683,17 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // Ravel patch: a leader does not wait for its own flush before it
+                // replicates. The entries are handed to the log store, which may return
+                // before they are durable; the leader counts itself towards a quorum only
+                // when the store reports them flushed (`Notify::LocalLogFlushed`), and the
+                // followers are sent them meanwhile. A follower still waits: its
+                // AppendEntries reply (a later command) must follow its own flush.
+                if self.leader_data.is_some() {
+                    self.append_to_log_in_background(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

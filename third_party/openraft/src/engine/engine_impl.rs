@@ -15,7 +15,7 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
+// Ravel patch: `SendNone` is no longer used here (see `startup`).
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,18 +154,19 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // Ravel patch: a replica that was the leader does not resume leadership at
+        // startup. A leader sends entries to its followers before its own copy is
+        // durable (see `Command::AppendInputEntries` in `RaftCore`), so after a crash
+        // its log may lack entries it already sent; leading again in the same term
+        // would give a different entry an index already used in that term. Its vote
+        // is taken back to a candidacy in that term (in memory; the stored vote is
+        // unchanged), which grants no vote to anyone else in that term, and the next
+        // election timeout starts a new term.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            let term = self.state.vote_ref().leader_id().term;
+            let candidacy = Vote::new(term, self.config.id.clone());
+            let now = C::now();
+            self.state.vote.update(now, candidacy);
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {
