@@ -71,9 +71,11 @@ mod imp {
         armed().lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// Held points, each with its data directory.
-    fn held() -> &'static (Mutex<Vec<(String, PathBuf)>>, Condvar) {
-        static HELD: OnceLock<(Mutex<Vec<(String, PathBuf)>>, Condvar)> = OnceLock::new();
+    /// Held points, each with its data directory, and the waiters' wake-up.
+    type Holds = (Mutex<Vec<(String, PathBuf)>>, Condvar);
+
+    fn held() -> &'static Holds {
+        static HELD: OnceLock<Holds> = OnceLock::new();
         HELD.get_or_init(|| (Mutex::new(Vec::new()), Condvar::new()))
     }
 
