@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -61,6 +61,13 @@ where
         .and_then(|r| r)
 }
 
+/// A job's answer was dropped unsent: the writer thread is gone.
+fn writer_stopped() -> RaftStorageError {
+    write_err(std::io::Error::other(
+        "the Raft log's writer thread has stopped",
+    ))
+}
+
 /// What an append is told once its entries are durable, or why not.
 type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
@@ -85,8 +92,9 @@ enum Job {
 /// so the Raft core can send the leader's new entries to the followers
 /// while the leader's own sync runs.
 struct Writer {
-    queue: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `None` only while dropping (closing the queue stops the thread).
+    queue: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Debug for Writer {
@@ -105,14 +113,13 @@ impl Writer {
         // Without a thread (none could be started) the queue is closed:
         // each job is dropped, and its caller's channel reports an error.
         Self {
-            queue: Mutex::new(Some(tx)),
-            thread: Mutex::new(thread),
+            queue: Some(tx),
+            thread,
         }
     }
 
     fn send(&self, job: Job) {
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = queue.as_ref() {
+        if let Some(tx) = &self.queue {
             // A stopped writer drops the job, which answers it with an error.
             let _ = tx.send(job);
         }
@@ -122,11 +129,7 @@ impl Writer {
     async fn drain(&self) -> Result<(), RaftStorageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Job::Barrier(tx));
-        rx.await.map_err(|_| {
-            write_err(std::io::Error::other(
-                "the Raft log's writer thread has stopped",
-            ))
-        })
+        rx.await.map_err(|_| writer_stopped())
     }
 }
 
@@ -134,8 +137,8 @@ impl Drop for Writer {
     /// The last store is gone: the writer finishes what is queued and stops
     /// (so the database it holds is closed when this returns).
     fn drop(&mut self) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -347,9 +350,7 @@ impl LogStore {
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(write_err(std::io::Error::other(e))),
-            Err(_) => Err(write_err(std::io::Error::other(
-                "the Raft log's writer thread has stopped",
-            ))),
+            Err(_) => Err(writer_stopped()),
         }
     }
 

@@ -40,9 +40,9 @@ struct Inner {
     entries: VecDeque<(Entry, usize)>,
     bytes: usize,
     max_bytes: usize,
-    /// The first and last index of each append handed to the writer and not
-    /// yet durable, oldest first (the writer finishes them in this order).
-    unwritten: VecDeque<(u64, u64)>,
+    /// The first index of each append handed to the writer and not yet
+    /// durable, oldest first (the writer finishes them in this order).
+    unwritten: VecDeque<u64>,
 }
 
 impl Inner {
@@ -56,7 +56,7 @@ impl Inner {
         let Some(first) = self.first() else {
             return false;
         };
-        if self.unwritten.iter().any(|&(from, _)| from <= first) {
+        if self.unwritten.iter().any(|&from| from <= first) {
             return false;
         }
         if let Some((_, size)) = self.entries.pop_front() {
@@ -116,11 +116,8 @@ impl RecentEntries {
     /// entries not yet truncated) first drops what it would contradict.
     pub(crate) fn appended(&self, entries: Vec<(Entry, usize)>) {
         let mut c = self.lock();
-        if let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) {
-            let span = (first.log_id.index, last.log_id.index);
-            c.unwritten.push_back(span);
-        }
         if let Some((first, _)) = entries.first() {
+            c.unwritten.push_back(first.log_id.index);
             // Held entries from `first` on are replaced; the rest is kept
             // only if it leads up to `first` (no gap).
             let keep = match c.position(first.log_id.index) {
