@@ -108,8 +108,9 @@ use crate::Vote;
 /// A temp struct to hold the data for a node that is being applied.
 #[derive(Debug)]
 pub(crate) struct ApplyingEntry<NID: NodeId, N: Node> {
-    log_id: LogId<NID>,
-    membership: Option<Membership<NID, N>>,
+    // Ravel patch: visible to the state machine worker, which answers callers.
+    pub(crate) log_id: LogId<NID>,
+    pub(crate) membership: Option<Membership<NID, N>>,
 }
 
 impl<NID: NodeId, N: Node> ApplyingEntry<NID, N> {
@@ -623,11 +624,16 @@ where
         });
 
         tracing::debug!("report_metrics: {}", m.summary());
-        let res = self.tx_metrics.send(m);
-
-        if let Err(err) = res {
-            tracing::error!(error=%err, id=display(&self.id), "error reporting metrics");
-        }
+        // Ravel patch: the metrics are reported at every turn of the core's loop,
+        // several times per write; sent only when they changed, so that watchers
+        // are not woken by a value they have already seen.
+        self.tx_metrics.send_if_modified(|metrix| {
+            if m.ne(metrix) {
+                *metrix = m;
+                return true;
+            }
+            false
+        });
     }
 
     /// Handle the admin command `initialize`.
@@ -796,7 +802,13 @@ where
 
         let last_applied = entries[entries.len() - 1].get_log_id().clone();
 
-        let cmd = sm::Command::apply(entries).with_seq(seq);
+        // Ravel patch: the callers waiting for these entries go with them to the state
+        // machine worker, which answers each as soon as its entry is applied.
+        let mut responders = self.client_resp_channels.split_off(&since);
+        let mut later = responders.split_off(&end);
+        self.client_resp_channels.append(&mut later);
+
+        let cmd = sm::Command::apply(entries, responders).with_seq(seq);
         self.sm_handle.send(cmd).map_err(|e| StorageIOError::apply(last_applied, AnyError::error(e)))?;
 
         Ok(())
@@ -807,6 +819,13 @@ where
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) fn handle_apply_result(&mut self, res: ApplyResult<C>) {
         tracing::debug!(last_applied = display(res.last_applied), "{}", func_name!());
+
+        // Ravel patch: the state machine worker has answered the callers it was handed
+        // with the entries (`sm::Command::apply`) and taken their results.
+        if res.apply_results.is_empty() {
+            debug_assert!(self.client_resp_channels.range(res.since..res.end).next().is_none());
+            return;
+        }
 
         let mut results = res.apply_results.into_iter();
         let mut applying_entries = res.applying_entries.into_iter();
