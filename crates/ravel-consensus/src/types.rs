@@ -33,6 +33,9 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
 pub type RaftStorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, BasicNode>;
+/// Raft's server state alone (leader, term, membership): its watch wakes
+/// only when one of them changes, not with every write.
+pub type RaftServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, BasicNode>;
 
 /// A state-machine command, replicated as the payload of one log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -182,9 +182,11 @@ async fn run(
 
 /// Resolves once this node no longer leads in `term`.
 async fn deposed(raft: &Raft, term: u64) {
-    let mut metrics = raft.metrics();
+    // The server metrics' watch changes with leadership and term, not with
+    // every write: an in-flight proposal is not woken per metrics update.
+    let mut metrics = raft.server_metrics();
     let _ = metrics
-        .wait_for(|m| m.state != ServerState::Leader || m.current_term != term)
+        .wait_for(|m| m.state != ServerState::Leader || m.vote.leader_id().get_term() != term)
         .await;
 }
 

@@ -35,15 +35,34 @@ impl QuorumContact {
     /// first acknowledgements are a round trip away) gets the benefit of the
     /// doubt: it just won a majority's votes.
     fn fresh_in(&self, m: &RaftMetrics) -> bool {
-        m.state == ServerState::Leader
-            && m.millis_since_quorum_ack
-                .is_none_or(|ms| u128::from(ms) < self.max_age.as_millis())
+        self.fresh_for(m.state, m.millis_since_quorum_ack).is_some()
     }
 
-    /// Whether `m` is a leader that no majority acknowledged within the
-    /// longest election timeout.
-    pub fn stale_leader(&self, m: &RaftMetrics) -> bool {
-        m.state == ServerState::Leader && !self.fresh_in(m)
+    /// How long a node in `state`, last acknowledged by a majority
+    /// `millis_since_quorum_ack` ago, stays a leader in contact if no
+    /// majority acknowledges it meanwhile; `None`: it is not one now.
+    fn fresh_for(
+        &self,
+        state: ServerState,
+        millis_since_quorum_ack: Option<u64>,
+    ) -> Option<Duration> {
+        if state != ServerState::Leader {
+            return None;
+        }
+        match millis_since_quorum_ack {
+            None => Some(self.max_age),
+            Some(ms) => self
+                .max_age
+                .checked_sub(Duration::from_millis(ms))
+                .filter(|d| !d.is_zero()),
+        }
+    }
+
+    /// Whether a node in `state`, last acknowledged by a majority
+    /// `millis_since_quorum_ack` ago, is a leader that no majority
+    /// acknowledged within the longest election timeout.
+    pub fn stale(&self, state: ServerState, millis_since_quorum_ack: Option<u64>) -> bool {
+        state == ServerState::Leader && self.fresh_for(state, millis_since_quorum_ack).is_none()
     }
 
     /// Whether this node leads and a majority acknowledged it recently.
@@ -51,13 +70,58 @@ impl QuorumContact {
         self.fresh_in(&raft.metrics().borrow())
     }
 
+    /// How long this node stays a leader in contact with a majority if none
+    /// acknowledges it meanwhile, as Raft's data and server metrics say now;
+    /// `None`: it is not one now.
+    fn fresh_now(&self, raft: &Raft) -> Option<Duration> {
+        let state = raft.server_metrics().borrow().state;
+        let ms = raft.data_metrics().borrow().millis_since_quorum_ack;
+        self.fresh_for(state, ms)
+    }
+
     /// Resolves once this node is no longer a leader in contact with a
     /// majority.
+    ///
+    /// Waits on a timer set to the moment contact would go stale (checked
+    /// again then, against the acknowledgements seen meanwhile) and on
+    /// changes of leadership; not on every metrics update, which openraft
+    /// sends several times per write and which would wake every proposal
+    /// in flight each time.
     pub async fn lost(&self, raft: &Raft) {
-        let mut metrics = raft.metrics();
-        let _ = metrics.wait_for(|m| !self.fresh_in(m)).await;
+        let mut server = raft.server_metrics();
+        server.borrow_and_update();
+        while let Some(left) = self.fresh_now(raft) {
+            tokio::select! {
+                // Metrics are as old as the core's last turn (a tick at
+                // most): never check more often than every few ms.
+                _ = tokio::time::sleep(left.max(MIN_RECHECK)) => {}
+                r = server.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// When [`QuorumContact::lost`]-style watchers should look again at a
+    /// node in `state` last acknowledged `millis_since_quorum_ack` ago: when
+    /// its contact would go stale (leading, fresh), or after `poll`
+    /// (leading, stale: to see it recover); `None` while it does not lead.
+    pub fn recheck_in(
+        &self,
+        state: ServerState,
+        millis_since_quorum_ack: Option<u64>,
+        poll: Duration,
+    ) -> Option<Duration> {
+        if state != ServerState::Leader {
+            return None;
+        }
+        Some(
+            self.fresh_for(state, millis_since_quorum_ack)
+                .map_or(poll, |left| left.max(MIN_RECHECK)),
+        )
     }
 }
+
+/// The shortest wait between two checks of quorum contact by a timer.
+const MIN_RECHECK: Duration = Duration::from_millis(5);
 
 /// When this replica last heard from a leader (openraft's vote time: a
 /// leader's message, or a vote granted), as the election driver last read
@@ -144,6 +208,60 @@ pub fn heard_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quorum_contact_is_fresh_for_what_is_left_of_its_max_age() {
+        let c = QuorumContact::new(Duration::from_millis(1000));
+        let leader = ServerState::Leader;
+        assert_eq!(
+            c.fresh_for(leader, Some(200)),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            c.fresh_for(leader, None),
+            Some(Duration::from_millis(1000)),
+            "just elected"
+        );
+        assert_eq!(
+            c.fresh_for(leader, Some(999)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            c.fresh_for(leader, Some(1000)),
+            None,
+            "as old as the max age: stale"
+        );
+        assert_eq!(c.fresh_for(leader, Some(5000)), None);
+        assert_eq!(
+            c.fresh_for(ServerState::Follower, Some(0)),
+            None,
+            "not leading"
+        );
+
+        assert!(!c.stale(leader, Some(999)));
+        assert!(c.stale(leader, Some(1000)));
+        assert!(
+            !c.stale(ServerState::Follower, Some(5000)),
+            "only a leader is stale"
+        );
+
+        let poll = Duration::from_millis(50);
+        assert_eq!(
+            c.recheck_in(leader, Some(200), poll),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            c.recheck_in(leader, Some(999), poll),
+            Some(MIN_RECHECK),
+            "never busy"
+        );
+        assert_eq!(
+            c.recheck_in(leader, Some(1000), poll),
+            Some(poll),
+            "stale: poll"
+        );
+        assert_eq!(c.recheck_in(ServerState::Candidate, Some(0), poll), None);
+    }
 
     // Real time, short: what is measured here is elapsed time itself.
     #[tokio::test]

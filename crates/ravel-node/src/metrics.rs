@@ -10,7 +10,7 @@ use openraft::ServerState;
 use prometheus::{
     Counter, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
-use ravel_consensus::types::{NodeId, Raft};
+use ravel_consensus::types::{NodeId, Raft, RaftServerMetrics};
 use ravel_consensus::WeakEngine;
 use ravel_proto::ops;
 use ravel_runtime::metrics::{self as m, Exposition, LATENCY_BUCKETS};
@@ -286,8 +286,17 @@ pub fn readiness(rm: &ravel_consensus::types::RaftMetrics, me: NodeId) -> Result
     if let Err(e) = &rm.running_state {
         return Err(format!("Raft stopped: {e}"));
     }
-    match rm.current_leader {
-        Some(l) if l == me && rm.state == ServerState::Leader => Ok("ready: leader".into()),
+    leader_known(rm.state, rm.current_leader, me)
+}
+
+/// [`readiness`] of a running Raft in `state` that knows `current_leader`.
+fn leader_known(
+    state: ServerState,
+    current_leader: Option<NodeId>,
+    me: NodeId,
+) -> Result<String, String> {
+    match current_leader {
+        Some(l) if l == me && state == ServerState::Leader => Ok("ready: leader".into()),
         Some(l) if l != me => Ok(format!("ready: leader is {l}")),
         _ => Err("no leader known".into()),
     }
@@ -301,10 +310,16 @@ const HEALTH_SERVICES: [&str; 3] = ["", "RavelClusterPB.RavelNode", "ravel.node.
 /// (starting, no leader known, Raft stopped). Ends when Raft does.
 pub async fn report_health(raft: Raft, me: NodeId, reporter: tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus;
-    let mut rx = raft.metrics();
+    // The server metrics' watch changes with leadership, not with every
+    // write; it ends when Raft stops (after recording why).
+    let mut rx = raft.server_metrics();
     let mut last = None;
     loop {
-        let status = match readiness(&rx.borrow_and_update(), me) {
+        let known = {
+            let m = rx.borrow_and_update();
+            leader_known(m.state, m.current_leader, me)
+        };
+        let status = match known {
             Ok(_) => ServingStatus::Serving,
             Err(_) => ServingStatus::NotServing,
         };
@@ -328,19 +343,38 @@ pub async fn report_health(raft: Raft, me: NodeId, reporter: tonic_health::serve
 /// Counts what this replica sees happen in Raft's metrics: leader changes,
 /// and its losses, as leader, of contact with a majority (the quorum-contact
 /// check turning from fresh to stale). Ends with the node.
+///
+/// Wakes on changes of Raft's server state (leader, term, membership) and,
+/// while leading, on a timer at the moment contact would go stale; not on
+/// every metrics update (several per write).
 async fn count_raft_events(metrics: std::sync::Weak<NodeMetrics>, contact: QuorumContact) {
-    let Some(mut rx) = metrics.upgrade().map(|m| m.raft.metrics()) else {
+    /// While stale, how often to look for contact regained.
+    const STALE_POLL: Duration = Duration::from_millis(50);
+    let Some((mut server, data)) = metrics
+        .upgrade()
+        .map(|m| (m.raft.server_metrics(), m.raft.data_metrics()))
+    else {
         return;
     };
-    let (mut leader, mut lost) = {
-        let m = rx.borrow();
-        (m.current_leader, contact.stale_leader(&m))
-    };
-    while rx.changed().await.is_ok() {
-        let (now_leader, now_lost) = {
-            let m = rx.borrow();
-            (m.current_leader, contact.stale_leader(&m))
+    let observe = |server: &mut tokio::sync::watch::Receiver<RaftServerMetrics>| {
+        let (state, leader) = {
+            let s = server.borrow_and_update();
+            (s.state, s.current_leader)
         };
+        let ms = data.borrow().millis_since_quorum_ack;
+        (
+            leader,
+            contact.stale(state, ms),
+            contact.recheck_in(state, ms, STALE_POLL),
+        )
+    };
+    let (mut leader, mut lost, mut recheck) = observe(&mut server);
+    loop {
+        tokio::select! {
+            r = server.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(recheck.unwrap_or(Duration::MAX)), if recheck.is_some() => {}
+        }
+        let (now_leader, now_lost, next) = observe(&mut server);
         let Some(m) = metrics.upgrade() else { return };
         if now_leader != leader {
             m.leader_changes.inc();
@@ -348,6 +382,6 @@ async fn count_raft_events(metrics: std::sync::Weak<NodeMetrics>, contact: Quoru
         if now_lost && !lost {
             m.quorum_contact_lost.inc();
         }
-        (leader, lost) = (now_leader, now_lost);
+        (leader, lost, recheck) = (now_leader, now_lost, next);
     }
 }

@@ -18,14 +18,16 @@ pub async fn run(
     admin: AdminLink,
     shutdown: CancellationToken,
 ) {
-    let mut metrics = raft.metrics();
+    // Leadership and term only: the server metrics' watch changes with
+    // them, not with every write.
+    let mut metrics = raft.server_metrics();
     let mut reported_term: Option<u64> = None;
     loop {
         let (is_leader, term) = {
             let m = metrics.borrow_and_update();
             (
                 m.state == ServerState::Leader && m.current_leader == Some(id),
-                m.current_term,
+                m.vote.leader_id().get_term(),
             )
         };
         if is_leader && reported_term != Some(term) {
@@ -38,7 +40,7 @@ pub async fn run(
                 let shutdown = shutdown.clone();
                 async move {
                     let _ = tokio::select! {
-                        r = metrics.wait_for(|m| m.state != ServerState::Leader || m.current_term != term) => r.map(|_| ()),
+                        r = metrics.wait_for(|m| m.state != ServerState::Leader || m.vote.leader_id().get_term() != term) => r.map(|_| ()),
                         _ = shutdown.cancelled() => Ok(()),
                     };
                     term_over.cancel();

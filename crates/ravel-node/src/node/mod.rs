@@ -412,12 +412,15 @@ impl Node {
 
     /// Resolves once Raft has stopped on its own; the reason.
     pub async fn failed(&self) -> String {
-        let mut metrics = self.raft.metrics();
+        // Raft records why it stopped, then drops its metrics' senders: the
+        // server metrics' watch (which, unlike the full metrics, does not
+        // change with every write) ends then.
+        let mut server = self.raft.server_metrics();
         loop {
             if let Some(e) = self.fatal() {
                 return e;
             }
-            if metrics.changed().await.is_err() {
+            if server.changed().await.is_err() {
                 // Raft is gone without a recorded reason.
                 return self.fatal().unwrap_or_else(|| "raft stopped".into());
             }

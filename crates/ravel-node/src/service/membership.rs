@@ -202,9 +202,14 @@ pub async fn finish_joint_changes(
             && committed)
             .then(|| (log_id, joint.last().cloned().unwrap_or_default()))
     };
-    let mut metrics = raft.metrics();
+    // Woken by changes of the server metrics (leadership, membership), not
+    // by every write; while the membership is joint, by the data metrics
+    // too (its commit shows there). The full metrics are sent last in each
+    // report, so a change seen on either watch is re-checked at the next.
+    let mut server = raft.server_metrics();
+    let mut data = raft.data_metrics();
     loop {
-        let seen = stalled(&metrics.borrow_and_update());
+        let seen = stalled(&raft.metrics().borrow());
         if let Some((log_id, voters)) = seen {
             tokio::select! {
                 _ = tokio::time::sleep(JOINT_GRACE) => {}
@@ -226,8 +231,17 @@ pub async fn finish_joint_changes(
             }
             continue;
         }
+        let joint = server
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        data.borrow_and_update();
         tokio::select! {
-            r = metrics.changed() => if r.is_err() { return },
+            r = server.changed() => if r.is_err() { return },
+            r = data.changed(), if joint => if r.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }
