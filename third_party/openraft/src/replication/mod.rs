@@ -145,7 +145,19 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// Ravel patch: when a newer commit index, not yet sent, must go out on its own
+    /// (as a heartbeat) if no AppendEntries has carried it by then.
+    commit_due: Option<InstantOf<C>>,
 }
+
+/// Ravel patch: how long a newer commit index waits for an AppendEntries to carry it
+/// before it is sent alone. Published 0.9 sends a heartbeat to every follower at each
+/// commit; under a steady stream of writes, the next write's entries carry the index
+/// a fraction of a millisecond later, so those heartbeats only doubled the messages
+/// per write. A follower applies an entry this much later at most; it serves no reads
+/// on its own (reads are the leader's), and a new leader applies what is committed.
+const COMMIT_SEND_DELAY: Duration = Duration::from_millis(5);
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
 where
@@ -198,6 +210,7 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            commit_due: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -217,6 +230,11 @@ where
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+
+            // Ravel patch: every AppendEntries carries the commit index.
+            if matches!(d, Data::Heartbeat | Data::Logs(_)) {
+                self.commit_due = None;
+            }
 
             // Backup the log data for retrying.
             let mut log_data = None;
@@ -630,12 +648,33 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-            self.process_event(event);
+            // Ravel patch: a newer commit index waits, until it is due, for entries to
+            // carry it; then it is sent alone.
+            let event = match self.commit_due.clone() {
+                None => Some(self.rx_event.recv().await),
+                Some(due) => {
+                    let now = C::now();
+                    let left = if due > now { due - now } else { Duration::ZERO };
+                    let sleep = C::sleep(left);
+                    select! {
+                        _ = sleep => None,
+                        recv_res = self.rx_event.recv() => Some(recv_res),
+                    }
+                }
+            };
+            match event {
+                Some(recv_res) => {
+                    let event = recv_res.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                    self.process_event(event);
+                }
+                None => {
+                    self.next_action = Some(Data::new_heartbeat());
+                }
+            }
         }
 
-        // Returning from process_event(), next_action is never None.
+        // Ravel patch: returning from process_event(), next_action may still be None (a
+        // commit index waiting to be carried); the main loop then waits again.
 
         self.try_drain_events().await?;
 
@@ -679,9 +718,10 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                // Ravel patch: the commit index goes with the next AppendEntries, or on
+                // its own once due (see `COMMIT_SEND_DELAY`), not in a heartbeat at once.
+                if self.commit_due.is_none() {
+                    self.commit_due = Some(C::now() + COMMIT_SEND_DELAY);
                 }
             }
             Replicate::Heartbeat => {
